@@ -1,0 +1,75 @@
+"""Checkpoints of the whole training state under `WORKDIR/checkpoints`, with orbax.
+
+A checkpoint holds the member state (parameters, optimiser state, batch statistics, EMA,
+keys), the running epoch metrics and the step, plus the config that made it, so a resumed
+run is the same run and a different config is refused instead of silently mixed in.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used for this run; the message says why and what to do."""
+
+
+def manager(workdir: str | Path, keep: int) -> ocp.CheckpointManager:
+    directory = Path(workdir).resolve() / "checkpoints"
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=False)
+    return ocp.CheckpointManager(directory, options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, tree: Any, meta: dict) -> None:
+    """Write `tree` and `meta` for `step` (orbax writes to a temporary folder, then renames)."""
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                            meta=ocp.args.JsonSave(meta)), force=True)
+    mngr.wait_until_finished()
+
+
+def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(saved) | set(current))
+    out = []
+    for key in keys:
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def restore_latest(mngr: ocp.CheckpointManager, like: Any, config_fingerprint: dict
+                   ) -> tuple[Any, dict] | None:
+    """The newest readable checkpoint as `(tree, meta)`, or None when there is none.
+
+    An unreadable newest checkpoint falls back to the previous one with a warning; one made by
+    a different config is refused, naming the fields that differ.
+    """
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped the same way
+            logging.warning("checkpoint %d is unreadable (%s); trying the previous one", step,
+                            str(e).splitlines()[0] if str(e) else type(e).__name__)
+            continue
+        differences = _differences(meta["config"], config_fingerprint)
+        if differences:
+            raise CheckpointError(
+                f"{mngr.directory} holds a run of another config ({'; '.join(differences[:5])}); "
+                f"use a new --workdir or the config that made it")
+        try:
+            tree = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+        except Exception as e:  # noqa: BLE001
+            logging.warning("checkpoint %d is unreadable (%s); trying the previous one", step,
+                            str(e).splitlines()[0] if str(e) else type(e).__name__)
+            continue
+        return tree["state"], meta
+    return None

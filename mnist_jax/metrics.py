@@ -1,0 +1,282 @@
+"""Ensemble metrics: pure functions on arrays of member logits.
+
+Shapes: `logits` is [M, N, C] (members, examples, classes), `probs` is [N, C] and `labels` is [N]
+integer class ids. Everything is computed with jnp in float32 so evaluation can stay on device.
+The array functions are jitted (`method` and `num_bins` static) and can be called inside other
+jitted code; `summarize` returns python numbers for logging.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = Any  # A numpy or jax array.
+
+METHODS = ("mean_prob", "mean_logit")
+
+
+def _check_logits(logits: Array) -> jax.Array:
+    logits = jnp.asarray(logits)
+    if logits.ndim != 3 or 0 in logits.shape:
+        raise ValueError(
+            f"logits must have shape [members, examples, classes] with no empty axis; got shape "
+            f"{tuple(logits.shape)} (for a single model add a members axis: logits[None])"
+        )
+    return logits.astype(jnp.float32)
+
+
+def _check_probs(probs: Array, name: str = "probs") -> jax.Array:
+    probs = jnp.asarray(probs)
+    if probs.ndim != 2 or 0 in probs.shape:
+        raise ValueError(
+            f"{name} must have shape [examples, classes] with no empty axis; got shape "
+            f"{tuple(probs.shape)} (combine member logits [M, N, C] with ensemble_probs first)"
+        )
+    return probs.astype(jnp.float32)
+
+
+def _check_labels(labels: Array, num_examples: int, num_classes: int,
+                  name: str = "labels") -> jax.Array:
+    """Rejects one-hot, float, misaligned or (when concrete) out-of-range class ids in one line."""
+    if not isinstance(labels, jax.core.Tracer):
+        labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != num_examples:
+        raise ValueError(
+            f"{name} must be integer class ids of shape [{num_examples}]; got shape "
+            f"{tuple(labels.shape)} (one-hot? pass {name}.argmax(-1))"
+        )
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(
+            f"{name} must have an integer dtype; got {labels.dtype} (cast with {name}.astype(int))"
+        )
+    if isinstance(labels, np.ndarray) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"{name} must lie in [0, {num_classes}); got values in [{labels.min()}, "
+            f"{labels.max()}] (from another dataset, or the wrong number of classes?)"
+        )
+    return jnp.asarray(labels).astype(jnp.int32)  # uint8 labels * C would overflow.
+
+
+def _jit_checking_labels(*static_argnames: str) -> Callable[[Callable], Callable]:
+    """jit a `fn(scores, labels, ...)`, first checking concrete labels on the host: a jitted body
+    sees only tracers, so it could not reject out-of-range label values."""
+
+    def decorate(fn: Callable) -> Callable:
+        jitted = jax.jit(fn, static_argnames=static_argnames)
+
+        @functools.wraps(fn)
+        def checked(scores: Array, labels: Array, *args, **kwargs):
+            if np.ndim(scores) >= 2:
+                _check_labels(labels, *np.shape(scores)[-2:])
+            return jitted(scores, labels, *args, **kwargs)
+
+        return checked
+
+    return decorate
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+
+
+def _hits(pred: jax.Array, labels: jax.Array) -> jax.Array:
+    return (pred == labels).sum(axis=-1)
+
+
+@jax.jit
+def member_probs(logits: Array) -> jax.Array:
+    """Per-member softmax [M, N, C] in float32 (max-subtracted, so stable for huge logits)."""
+    return jax.nn.softmax(_check_logits(logits), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames="method")
+def ensemble_probs(logits: Array, method: str = "mean_prob") -> jax.Array:
+    """Combines member logits [M, N, C] into probabilities [N, C].
+
+    'mean_prob' averages the member softmaxes (the deep-ensembles predictive distribution);
+    'mean_logit' is the softmax of the mean logits (a normalised geometric mean, usually sharper).
+    """
+    _check_method(method)
+    logits = _check_logits(logits)
+    if method == "mean_logit":
+        return jax.nn.softmax(logits.mean(axis=0), axis=-1)
+    return jax.nn.softmax(logits, axis=-1).mean(axis=0)
+
+
+@jax.jit
+def vote(logits: Array) -> jax.Array:
+    """Majority vote of the member argmaxes, [N] int.
+
+    A tie between the most-voted classes goes to the one with the highest mean member
+    probability, so an even split is settled by how sure the members were; an exact tie in that
+    too goes to the lowest class id.
+    """
+    logits = _check_logits(logits)
+    votes = jax.nn.one_hot(logits.argmax(-1), logits.shape[-1]).sum(axis=0)  # [N, C]
+    tied = votes == votes.max(axis=-1, keepdims=True)
+    mean_prob = jax.nn.softmax(logits, axis=-1).mean(axis=0)
+    return jnp.where(tied, mean_prob, -1.0).argmax(axis=-1)
+
+
+@_jit_checking_labels()
+def accuracy(probs_or_logits: Array, labels: Array) -> jax.Array:
+    """Fraction of examples whose argmax over the [N, C] scores equals the label."""
+    scores = _check_probs(probs_or_logits, "probs_or_logits")
+    labels = _check_labels(labels, *scores.shape)
+    return _hits(scores.argmax(-1), labels) / labels.shape[0]
+
+
+@_jit_checking_labels()
+def nll(probs: Array, labels: Array, eps: float = 1e-12) -> jax.Array:
+    """Mean negative log-likelihood of the labels.
+
+    Probabilities are clipped to [eps, 1] so one confidently wrong example costs at most
+    -log(eps) (27.6 nats) instead of making the mean inf.
+    """
+    probs = _check_probs(probs)
+    labels = _check_labels(labels, *probs.shape)
+    p_true = jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0]
+    return -jnp.log(jnp.clip(p_true, eps, 1.0)).mean()
+
+
+@_jit_checking_labels()
+def brier(probs: Array, labels: Array) -> jax.Array:
+    """Multi-class Brier score: squared error to the one-hot label summed over classes, mean
+    over examples; 0 is perfect and 2 is all mass on a wrong class."""
+    probs = _check_probs(probs)
+    labels = _check_labels(labels, *probs.shape)
+    onehot = jax.nn.one_hot(labels, probs.shape[-1])
+    return ((probs - onehot) ** 2).sum(axis=-1).mean()
+
+
+def _bin_sums(probs: jax.Array, labels: jax.Array, num_bins: int):
+    """Per-bin edges, example counts, correct counts and confidence sums.
+
+    Bins are equal-width over [0, 1] and right-closed: bin b holds confidences in
+    (b / B, (b + 1) / B], so a confidence of exactly 0.5 with B = 2 falls in the first bin.
+    """
+    if not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
+        raise ValueError(f"num_bins must be a positive int; got {num_bins!r}")
+    edges = jnp.linspace(0.0, 1.0, num_bins + 1)
+    conf = probs.max(axis=-1)
+    correct = (probs.argmax(-1) == labels).astype(jnp.float32)
+    bins = jnp.searchsorted(edges[1:-1], conf, side="left")
+    counts = jnp.bincount(bins, length=num_bins)
+    hits = jnp.bincount(bins, weights=correct, length=num_bins)
+    conf_sums = jnp.bincount(bins, weights=conf, length=num_bins)
+    return edges, counts, hits, conf_sums
+
+
+@_jit_checking_labels("num_bins")
+def ece(probs: Array, labels: Array, num_bins: int = 15) -> jax.Array:
+    """Expected calibration error, sum over bins of (n_b / N) * |accuracy_b - confidence_b|,
+    with confidence = max probability and equal-width bins over [0, 1]."""
+    probs = _check_probs(probs)
+    labels = _check_labels(labels, *probs.shape)
+    _, _, hits, conf_sums = _bin_sums(probs, labels, num_bins)
+    return jnp.abs(hits - conf_sums).sum() / probs.shape[0]
+
+
+@_jit_checking_labels("num_bins")
+def reliability(probs: Array, labels: Array, num_bins: int = 15) -> dict[str, jax.Array]:
+    """The per-bin terms behind `ece`, for a reliability diagram.
+
+    Returns 'edges' [B + 1], 'accuracy' [B], 'confidence' [B] (both NaN in empty bins) and
+    'counts' [B] int.
+    """
+    probs = _check_probs(probs)
+    labels = _check_labels(labels, *probs.shape)
+    edges, counts, hits, conf_sums = _bin_sums(probs, labels, num_bins)
+    filled = jnp.maximum(counts, 1)
+    return {
+        "edges": edges,
+        "accuracy": jnp.where(counts > 0, hits / filled, jnp.nan),
+        "confidence": jnp.where(counts > 0, conf_sums / filled, jnp.nan),
+        "counts": counts,
+    }
+
+
+@_jit_checking_labels("method")
+def ensemble_size_curve(logits: Array, labels: Array, method: str = "mean_prob") -> jax.Array:
+    """[M] accuracy of the ensemble of the first k members, for k = 1..M."""
+    _check_method(method)
+    logits = _check_logits(logits)
+    labels = _check_labels(labels, *logits.shape[1:])
+    scores = logits if method == "mean_logit" else jax.nn.softmax(logits, axis=-1)
+    # Running sums give every prefix ensemble at once; argmax does not need the 1 / k.
+    return _hits(jnp.cumsum(scores, axis=0).argmax(-1), labels) / labels.shape[0]
+
+
+def confusion_matrix(pred: Array, labels: Array, num_classes: int) -> jax.Array:
+    """[C, C] int counts; row = true label, column = predicted class."""
+    pred = _check_labels(pred, np.shape(pred)[0] if np.ndim(pred) else 0, num_classes, "pred")
+    return _confusion(pred, _check_labels(labels, pred.shape[0], num_classes), num_classes)
+
+
+@functools.partial(jax.jit, static_argnames="num_classes")
+def _confusion(pred: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
+    flat = labels * num_classes + pred
+    return jnp.bincount(flat, length=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+@jax.jit
+def _summary_arrays(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    """Correct counts for the accuracies (divided on the host, so 5 / 50 logs as 0.1 and not as
+    XLA's 5 * (1 / 50)) and the other ensemble metrics as arrays."""
+    probs = member_probs(logits)
+    ens = probs.mean(axis=0)
+    return {
+        "member_accuracy": _hits(probs.argmax(-1), labels),
+        "accuracy": _hits(ens.argmax(-1), labels),
+        "accuracy_mean_logit": _hits(logits.mean(axis=0).argmax(-1), labels),
+        "accuracy_vote": _hits(vote(logits), labels),
+        "size_curve": _hits(jnp.cumsum(probs, axis=0).argmax(-1), labels),
+        "member_nll": jax.vmap(nll, in_axes=(0, None))(probs, labels),
+        "nll": nll(ens, labels),
+        "brier": brier(ens, labels),
+        "ece": ece(ens, labels),
+    }
+
+
+def summarize(logits: Array, labels: Array, prefix: str) -> dict[str, Any]:
+    """Every ensemble metric as python numbers, ready for a metrics.jsonl line.
+
+    Keys are f"{prefix}_{name}" ('test' gives 'test_accuracy'; '' gives bare names). The
+    ensemble is the mean of member softmaxes unless a name says otherwise.
+        member_accuracy, member_nll  list[float], one per member
+        accuracy                     ensemble accuracy
+        accuracy_mean_logit          accuracy of the softmax of mean logits
+        accuracy_vote                accuracy of the majority vote (ties as in `vote`)
+        nll, brier, ece              of the ensemble (ece with 15 bins)
+        errors                       int, examples the ensemble gets wrong
+        num_examples                 int, N
+        ensemble_gain                accuracy - mean(member_accuracy)
+        size_curve                   list[float], accuracy of the first k members, k = 1..M
+    """
+    logits = _check_logits(logits)
+    labels = _check_labels(labels, *logits.shape[1:])
+    n = logits.shape[1]
+    values = {k: np.asarray(v) for k, v in jax.device_get(_summary_arrays(logits, labels)).items()}
+    hits = values["accuracy"].item()
+    for name in ("member_accuracy", "accuracy", "accuracy_mean_logit", "accuracy_vote",
+                 "size_curve"):
+        values[name] = values[name] / n
+    values["errors"] = n - hits
+    values["num_examples"] = n
+    values["ensemble_gain"] = values["accuracy"] - values["member_accuracy"].mean()
+    tag = prefix.rstrip("_")
+    return {f"{tag}_{name}" if tag else name: _to_python(v) for name, v in values.items()}
+
+
+def _to_python(value: Any) -> Any:
+    """float32 -> the shortest decimal that round-trips (2.5150588, not 2.515058755874634)."""
+    value = np.asarray(value)
+    if value.dtype == np.float32:
+        return float(str(value)) if value.ndim == 0 else [float(str(v)) for v in value]
+    return value.tolist()

@@ -1,0 +1,59 @@
+"""`resnet_committee`: one member of the fast.ai-forum committee of small PyTorch ResNets.
+
+Conv 5x5 -> ReLU, Res, MaxPool, Res, BN, Conv -> ReLU (2w), MaxPool, Res, BN, Conv -> ReLU (4w),
+MaxPool (ceil mode), Res, BN, AvgPool 4, Linear `head`; w = `width` = 128 as published.
+
+Padding: every conv is "SAME" (5x5 pad 2, 3x3 pad 1; the width-changing convs are taken as 3x3),
+so only the pools shrink the image: 28 -> 14 -> 7 -> 4 (ceil) -> 1 after AvgPool 4. That makes 28
+the smallest valid input; larger inputs give a larger final map, flattened into the head.
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mnist_jax.models.blocks import TORCH_BN, Dtype, ResBlock, flatten, prepare_input, torch_init
+
+# Smallest input with a non-empty output: floor, floor, ceil halvings must leave at least 4.
+_MIN_SIZE = 28
+
+
+def max_pool_ceil(x: jax.Array, window: int) -> jax.Array:
+    """Max pooling with PyTorch's ceil_mode=True: a partial last window still gives an output."""
+    pads = [(0, -x.shape[axis] % window) for axis in (1, 2)]
+    return nn.max_pool(x, (window, window), strides=(window, window), padding=pads)
+
+
+class ResNetCommittee(nn.Module):
+    num_classes: int = 10
+    width: int = 128  # Channels of the first stage; later stages use 2x and 4x.
+    input_mean: float = 0.1307  # MNIST training-set mean and std (PyTorch habit).
+    input_std: float = 0.3081
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        conv = functools.partial(nn.Conv, padding="SAME", kernel_init=torch_init,
+                                 dtype=self.dtype, param_dtype=self.param_dtype)
+        bn = functools.partial(nn.BatchNorm, use_running_average=not train, **TORCH_BN,
+                               dtype=self.dtype, param_dtype=self.param_dtype)
+        res = functools.partial(ResBlock, **TORCH_BN, dtype=self.dtype,
+                                param_dtype=self.param_dtype)
+        pool = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
+        w = self.width
+
+        x = prepare_input(x, self, min_size=_MIN_SIZE)
+        x = nn.relu(conv(w, (5, 5))(x))
+        x = pool(res()(x, train=train))
+        x = bn()(res()(x, train=train))
+        x = pool(nn.relu(conv(2 * w, (3, 3))(x)))
+        x = bn()(res()(x, train=train))
+        x = max_pool_ceil(nn.relu(conv(4 * w, (3, 3))(x)), 2)
+        x = bn()(res()(x, train=train))
+        x = flatten(nn.avg_pool(x, (4, 4), strides=(4, 4)))
+        x = nn.Dense(self.num_classes, kernel_init=torch_init, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name="head")(x)
+        return x.astype(jnp.float32)

@@ -1,0 +1,35 @@
+"""`tiny20k`: the 15,578-parameter PyTorch CNN of the "MNIST_99.4" recipe.
+
+3 x (Conv 3x3 pad 1, BatchNorm, ReLU, MaxPool 2) with 8, 16, 32 channels (28 -> 14 -> 7 -> 3),
+Dropout 0.4, FC 288 -> 32, ReLU, Dropout 0.4, FC 32 -> classes (`head`).
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mnist_jax.models.blocks import TORCH_BN, ConvBNAct, Dtype, flatten, prepare_input
+from mnist_jax.models.blocks import torch_init
+
+
+class Tiny20k(nn.Module):
+    num_classes: int = 10
+    dropout_rate: float = 0.4
+    input_mean: float = 0.1307  # MNIST training-set pixel mean and std, as in the recipe.
+    input_std: float = 0.3081
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        x = prepare_input(x, self, min_size=8)  # Three 2x2 max pools: 8 -> 4 -> 2 -> 1.
+        for features in (8, 16, 32):
+            x = ConvBNAct(features, 3, padding="SAME", **TORCH_BN, dtype=self.dtype,
+                          param_dtype=self.param_dtype)(x, train=train)
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(flatten(x))
+        x = nn.Dense(32, kernel_init=torch_init, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
+        x = nn.Dense(self.num_classes, kernel_init=torch_init, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name="head")(x)
+        return x.astype(jnp.float32)

