@@ -3,9 +3,10 @@
 Images are float32 [B, H, W, C] in [0, 1]; every image in a batch gets its own random draw.
 Geometry uses array-index coordinates (row, col), as `scipy.ndimage` does, and inverse maps
 about the image centre: an output pixel at p samples the input at `A @ (p - centre) + centre`.
-Everything that moves pixels goes through one bilinear gather (`_bilinear`): measured ~2x faster
-than `jax.scipy.ndimage.map_coordinates` on CPU for B=128, 28x28. Pixels from outside the image
-read `fill` (0 = MNIST background).
+Everything that moves pixels goes through one bilinear gather (`_bilinear`): on CPU at B=128,
+28x28 it measured 10-30 % faster than vmapped `jax.scipy.ndimage.map_coordinates(order=1)`, and it
+samples all channels of a batch at once. Pixels from outside the image read `fill` (0 = MNIST
+background).
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def affine(images: jax.Array, matrices: jax.Array | np.ndarray, *, fill: float =
     """Resample each image through its inverse-map affine matrix about the image centre.
 
     `matrices` is [B, 2, 3] or [B, 3, 3] (or one [2, 3] / [3, 3] for the whole batch) in
-    (row, col) coordinates: output pixel p reads input `M[:2, :2] @ (p - centre) + M[:2, 2] + centre`.
+    (row, col) coordinates: output pixel p reads the input at
+    `M[:2, :2] @ (p - centre) + M[:2, 2] + centre`.
     See `affine_matrix` for rotation / shift / shear / zoom in these terms.
     """
     _check_images(images)
@@ -192,11 +194,13 @@ def _random_affine_matrices(key: jax.Array, batch: int, height: int, width: int,
     _check_range("shear", shear, 0.0, 90.0, hi_open=True)
     _check_range("zoom", zoom, 0.0, 1.0, hi_open=True)
     u = jax.random.uniform(key, (6, batch), jnp.float32, -1.0, 1.0)
-    return affine_matrix(rotation=rotation * u[0], shift=(shift * height * u[1], shift * width * u[2]),
+    return affine_matrix(rotation=rotation * u[0],
+                         shift=(shift * height * u[1], shift * width * u[2]),
                          shear=shear * u[3], zoom=(1.0 + zoom * u[4], 1.0 + zoom * u[5]))
 
 
-def _crop_matrices(height: int, width: int, size: int, top: jax.Array, left: jax.Array) -> jax.Array:
+def _crop_matrices(height: int, width: int, size: int, top: jax.Array,
+                   left: jax.Array) -> jax.Array:
     """Inverse maps taking the output grid onto the crop window whose corner is (top, left).
 
     Corner pixels map onto the window's corner pixels (align-corners), so no sample falls outside
@@ -211,7 +215,8 @@ def _crop_matrices(height: int, width: int, size: int, top: jax.Array, left: jax
     return jnp.stack(rows, -2).astype(jnp.float32)
 
 
-def _random_crop_matrices(key: jax.Array, batch: int, height: int, width: int, size: int) -> jax.Array:
+def _random_crop_matrices(key: jax.Array, batch: int, height: int, width: int,
+                          size: int) -> jax.Array:
     _check_crop(size, height, width)
     k_top, k_left = jax.random.split(key)
     top = jax.random.randint(k_top, (batch,), 0, height - size + 1).astype(jnp.float32)
@@ -282,14 +287,15 @@ def _validated(cfg: ml_collections.ConfigDict) -> dict:
             raise ValueError(f"augment: unknown field {name!r}; valid fields: {valid}")
         wanted = Integral if name in _INT_FIELDS else Real
         if isinstance(value, bool) or not isinstance(value, wanted):
-            raise ValueError(f"augment.{name} must be {'an int' if wanted is Integral else 'a number'}, "
-                             f"got {value!r}; valid fields: {valid}")
+            kind = "an int" if wanted is Integral else "a number"
+            raise ValueError(f"augment.{name} must be {kind}, got {value!r}; valid fields: {valid}")
         if value < 0:
             raise ValueError(f"augment.{name} must be >= 0 (0 = off), got {value!r}; "
                              f"valid fields: {valid}")
         values[name] = value
     if values["zoom"] >= 1:
-        raise ValueError(f"augment.zoom must be < 1 (scale in [1 - zoom, 1 + zoom]), got {values['zoom']}")
+        raise ValueError("augment.zoom must be < 1 (scale in [1 - zoom, 1 + zoom]), got "
+                         f"{values['zoom']}")
     if values["shear"] >= 90:
         raise ValueError(f"augment.shear must be < 90 degrees, got {values['shear']}")
     if values["elastic_alpha"] and not values["elastic_sigma"] > 0:
@@ -306,8 +312,9 @@ def _check_images(images: jax.Array) -> None:
 
 
 def _check_crop(size: int, height: int, width: int) -> None:
-    if isinstance(size, bool) or not isinstance(size, Integral) or not 1 <= size <= min(height, width):
-        raise ValueError(f"crop: size must be an int in [1, {min(height, width)}] for "
+    is_int = isinstance(size, Integral) and not isinstance(size, bool)
+    if not (is_int and 1 <= size <= min(height, width)):
+        raise ValueError(f"augment: crop size must be an int in [1, {min(height, width)}] for "
                          f"{height}x{width} images, got {size!r}")
 
 

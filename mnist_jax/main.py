@@ -32,6 +32,7 @@ USER_ERRORS = (config_lib.ConfigError, data.DataError, checkpoint.CheckpointErro
 def main(argv: list[str]) -> None:
     del argv
     logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it writes
     if flags.FLAGS.coordinator:
         import jax
         jax.distributed.initialize(flags.FLAGS.coordinator, flags.FLAGS.num_processes,

@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -67,39 +67,55 @@ def _progress(epoch: int, num_epochs: int, done: int, total: int, loss: float, a
     sys.stderr.flush()
 
 
+def load_split(config: ml_collections.ConfigDict, split: str) -> data.Dataset:
+    """A split of the config's dataset (train cut to `train_subset` when that is set)."""
+    seed = None if config.validation_seed < 0 else config.validation_seed
+    ds = data.load(config.dataset, split, config.data_dir or None, image_size=config.image_size,
+                   validation_size=config.validation_size, validation_seed=seed)
+    if split == "train" and config.train_subset:
+        ds = ds._replace(images=ds.images[:config.train_subset], labels=ds.labels[:config.train_subset])
+    return ds
+
+
+class Run(NamedTuple):
+    """What a config builds before any data is on the device: model, optimiser, layout, state."""
+    model: Any
+    tx: Any
+    mesh: Any
+    strategy: str
+    keys: jax.Array
+    state: dict
+    metrics: dict
+
+
+def init_run(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int) -> Run:
+    model = build_model(config, num_classes)
+    tx = optim.build(config.optim, steps_per_epoch=steps_per_epoch, num_epochs=config.num_epochs)
+    strategy = engine.default_strategy() if config.member_strategy == "auto" else config.member_strategy
+    mesh = engine.make_mesh(config.num_members)
+    keys = engine.member_keys(config.seed, config.num_members)
+    sample = jnp.zeros((1, config.image_size, config.image_size, 1), jnp.float32)
+    state = engine.init_members(model, tx, keys, sample, ema=bool(config.ema_decay), mesh=mesh)
+    metrics = jax.device_put(engine.new_metrics(config.num_members), engine.member_sharding(mesh))
+    return Run(model, tx, mesh, strategy, keys, state, metrics)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Train the ensemble described by `config` in `workdir` (resuming if it holds a checkpoint),
     then evaluate it once on the test split and write the run directory. Returns results."""
     config_lib.validate(config)
     workdir = Path(workdir)
     primary = jax.process_index() == 0
-    load = lambda split: data.load(config.dataset, split, config.data_dir or None,
-                                   validation_size=config.validation_size,
-                                   validation_seed=None if config.validation_seed < 0 else config.validation_seed)
-    train = load("train")
-    if config.train_subset:
-        train = train._replace(images=train.images[:config.train_subset],
-                               labels=train.labels[:config.train_subset])
-    val = load("validation") if config.validation_size else None
+    train = load_split(config, "train")
+    val = load_split(config, "validation") if config.validation_size else None
     config_lib.check_batch_fits(config, len(train.labels))
 
     num_members = config.num_members
     pool = config_lib.member_pool_size(config, len(train.labels))
     steps_per_epoch = pool // config.batch_size
     total_steps = steps_per_epoch * config.num_epochs
-    model = build_model(config, len(train.class_names))
-    tx = optim.build(config.optim, steps_per_epoch=steps_per_epoch, num_epochs=config.num_epochs)
-    strategy = engine.default_strategy() if config.member_strategy == "auto" else config.member_strategy
-    mesh = engine.make_mesh(num_members)
-
-    if primary:
-        workdir.mkdir(parents=True, exist_ok=True)
-        write_json(workdir / "config.json", {**json.loads(config.to_json()),
-                                              "class_names": list(train.class_names)})
-    keys = engine.member_keys(config.seed, num_members)
-    sample = jnp.zeros((1, *train.images.shape[1:]), jnp.float32)
-    state = engine.init_members(model, tx, keys, sample, ema=bool(config.ema_decay), mesh=mesh)
-    metrics = jax.device_put(engine.new_metrics(num_members), engine.member_sharding(mesh))
+    model, tx, mesh, strategy, keys, state, metrics = init_run(
+        config, len(train.class_names), steps_per_epoch)
     step, wall_time = 0, 0.0
 
     mngr = checkpoint.manager(workdir, config.keep_checkpoints)
@@ -110,6 +126,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         state, metrics, step, wall_time = tree["state"], tree["metrics"], meta["step"], meta["wall_time_s"]
         logging.info("resumed from step %d (epoch %d)", step, step // steps_per_epoch)
     if primary:
+        write_json(workdir / "config.json", {**json.loads(config.to_json()),
+                                              "class_names": list(train.class_names)})
         truncate_jsonl(workdir / "metrics.jsonl", keep_epochs_upto=step // steps_per_epoch)
 
     images = engine.put_replicated(train.images, mesh)
@@ -119,8 +137,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                   label_smoothing=config.label_smoothing, l1=config.l1, l1_params=config.l1_params,
                   ema_decay=config.ema_decay, strategy=strategy)
     augment_fn = augment.build(config.augment)
-    steps_augmented = engine.make_train_steps(model, tx, augment_fn=augment_fn, **common)
-    steps_clean = engine.make_train_steps(model, tx, augment_fn=None, **common)
+    step_augmented = engine.make_train_step(model, tx, augment_fn=augment_fn, **common)
+    step_clean = engine.make_train_step(model, tx, augment_fn=None, **common)
     predict = engine.make_predict(model, mesh=mesh, strategy=strategy, use_ema=bool(config.ema_decay))
     val_split = evaluate.device_split(val, mesh, config.eval_batch_size) if val else None
 
@@ -132,16 +150,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         while step < total_steps:
             epoch = step // steps_per_epoch
             clean = epoch >= config.num_epochs - config.clean_final_epochs
-            train_steps = steps_clean if clean else steps_augmented
+            train_step = step_clean if clean else step_augmented
             order = jax.device_put(
                 engine.epoch_order(keys, bags, epoch, steps_per_epoch, config.batch_size),
                 engine.member_sharding(mesh))
             start, start_step = time.perf_counter(), step
             while step < (epoch + 1) * steps_per_epoch:
                 n = min(config.log_every_steps, (epoch + 1) * steps_per_epoch - step)
-                state, metrics = train_steps(state, metrics, jnp.int32(step), jnp.int32(n),
-                                             images, labels, order)
-                step += n
+                for _ in range(n):  # dispatched asynchronously; the read below waits for them
+                    state, metrics = train_step(state, metrics, jnp.int32(step), images, labels, order)
+                    step += 1
                 sums = jax.tree.map(engine.to_host, metrics)  # one small read every n steps
                 bad = np.flatnonzero(sums["first_bad_step"] >= 0)
                 if bad.size:
@@ -186,5 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if (epoch + 1) % config.checkpoint_every_epochs == 0 or step == total_steps:
                 save()
 
-    return evaluate.finish_run(config, workdir, state, model, mesh, strategy, step=step,
-                               wall_time_s=wall_time, class_names=train.class_names)
+    # The test split is read here, once, after every choice was made on validation.
+    test = load_split(config, "test")
+    return evaluate.finish_run(config, workdir, state, model, mesh, strategy, test, step=step,
+                               wall_time_s=wall_time)

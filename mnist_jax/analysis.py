@@ -1,0 +1,358 @@
+"""Looking at finished (or interrupted) runs from Python: numbers, pictures, re-evaluation.
+
+Everything reads the run directory that `python -m mnist_jax.main` writes; the checkpoint is
+restored only when a question needs the model (`evaluate`, `predict`), so browsing the
+numbers of many runs stays cheap.
+
+    view = analysis.load_run("runs/quick")
+    view.results["ensemble"]["test_accuracy"], view.plot("confusion", "/tmp/c.png")
+    view.evaluate(dataset="idx:data/fashion", split="test")
+    print(analysis.to_markdown(analysis.compare(["runs/m3", "runs/m5", "runs/m7"])))
+    analysis.combine(["runs/m3", "runs/m5", "runs/m7"], method="vote")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import ml_collections
+import numpy as np
+
+from mnist_jax import augment, checkpoint, config as config_lib, data, engine, evaluate, metrics, plots, train
+from mnist_jax.runfiles import read_jsonl
+
+PLOTS = ("misclassified", "confusion", "curves", "ensemble_size", "reliability")
+COMBINE_METHODS = ("vote", "mean_prob")
+DEFAULT_TTA_SAMPLES = 8  # when tta is asked of a run whose config.tta_samples is 0.
+
+
+class AnalysisError(ValueError):
+    """A run-directory file or a request that cannot be used; the one line says what and how."""
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _read_json(path: Path, fix: str, required: bool) -> Any:
+    if not path.exists():
+        if required:
+            raise AnalysisError(f"{path} not found: {fix}")
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AnalysisError(f"{path} is damaged ({_one_line(e)}): {fix}") from None
+    if not isinstance(value, dict):
+        raise AnalysisError(f"{path} is damaged (not a JSON object): {fix}")
+    return value
+
+
+def _read_config(workdir: Path) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
+    """The resolved config of a run and its class names, from config.json."""
+    path = workdir / "config.json"
+    fix = "is this a run directory of python -m mnist_jax.main? Re-running its training command rewrites it"
+    saved = _read_json(path, fix, required=True)
+    if not isinstance(saved.get("class_names"), list) or not saved["class_names"]:
+        raise AnalysisError(f"{path} is damaged (no class_names list): {fix}")
+    class_names = tuple(saved.pop("class_names"))
+    config = ml_collections.ConfigDict(saved)
+    try:
+        config_lib.validate(config)
+    except (ValueError, AttributeError, KeyError, TypeError) as e:
+        raise AnalysisError(f"{path} is not a usable config ({_one_line(e)}): {fix}") from None
+    return config, class_names
+
+
+def _restore(workdir: Path, config: ml_collections.ConfigDict, num_classes: int
+             ) -> tuple[train.Run, int]:
+    if not any((workdir / "checkpoints").glob("[0-9]*")):
+        raise checkpoint.CheckpointError(
+            f"no checkpoint in {workdir / 'checkpoints'}: train first with "
+            f"python -m mnist_jax.main --config=... --workdir={workdir}")
+    # The optimiser state has the same structure for any schedule length, so 1 step/epoch will do.
+    run = train.init_run(config, num_classes, steps_per_epoch=1)
+    mngr = checkpoint.manager(workdir, config.keep_checkpoints)
+    try:
+        restored = checkpoint.restore_latest(mngr, {"state": run.state, "metrics": run.metrics},
+                                             config_lib.fingerprint(config))
+    finally:
+        mngr.close()
+    if restored is None:
+        raise checkpoint.CheckpointError(
+            f"no readable checkpoint in {workdir / 'checkpoints'}: every one failed to load; "
+            f"re-run the training command to write a new one")
+    tree, meta = restored
+    return run._replace(state=tree["state"], metrics=tree["metrics"]), int(meta["step"])
+
+
+def restore(workdir: str | Path) -> tuple[ml_collections.ConfigDict, train.Run, int]:
+    """The config, the model/optimiser/state of the newest readable checkpoint, and its step."""
+    workdir = Path(workdir)
+    config, class_names = _read_config(workdir)
+    run, step = _restore(workdir, config, len(class_names))
+    return config, run, step
+
+
+def _read_predictions(workdir: Path, num_classes: int) -> dict[str, np.ndarray] | None:
+    path = workdir / "predictions.npz"
+    if not path.exists():
+        return None
+    fix = "re-run the training command (it resumes at the last checkpoint and rewrites it)"
+    try:
+        with np.load(path) as npz:
+            predictions = {"probs": npz["probs"], "labels": npz["labels"]}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise AnalysisError(f"{path} is damaged ({_one_line(e)}): {fix}") from None
+    probs, labels = predictions["probs"], predictions["labels"]
+    if probs.ndim != 3 or probs.shape[1:] != (len(labels), num_classes):
+        raise AnalysisError(f"{path} is damaged (probs {probs.shape} do not fit {len(labels)} "
+                            f"labels and {num_classes} classes): {fix}")
+    return predictions
+
+
+def member_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """metrics.jsonl records as one row per (epoch, member): per-member lists are split into
+    their member's row and per-epoch numbers are repeated, so members can be grouped and plotted."""
+    rows = []
+    for record in records:
+        count = max((len(v) for v in record.values() if isinstance(v, list)), default=1)
+        for member in range(count):
+            rows.append({"epoch": record.get("epoch"), "member": member,
+                         **{k: v[member] if isinstance(v, list) else v
+                            for k, v in record.items() if k != "epoch"}})
+    return rows
+
+
+class _Restored(NamedTuple):
+    run: train.Run
+    step: int
+    predict: Callable
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RunView:
+    """What a run directory holds, plus the restored ensemble on demand (see `load_run`)."""
+    workdir: Path
+    config: ml_collections.ConfigDict
+    class_names: tuple[str, ...]
+    metrics: list[dict[str, Any]]
+    results: dict[str, Any] | None  # None until the run finished its test evaluation.
+    predictions: dict[str, np.ndarray] | None  # probs [M, N, C] and labels [N] of the test split.
+
+    def dataframe(self):
+        """The metrics as a pandas DataFrame, one row per (epoch, member) (see `member_rows`)."""
+        try:
+            import pandas
+        except ImportError:
+            raise AnalysisError("RunView.dataframe needs pandas, which is not installed: "
+                                "pip install pandas (or use analysis.member_rows(view.metrics))"
+                                ) from None
+        return pandas.DataFrame(member_rows(self.metrics))
+
+    def plot(self, name: str, path: str | Path | None = None) -> str:
+        """Redraw one of the run's pictures from its saved predictions and metrics; returns the
+        path written (default WORKDIR/<name>.png)."""
+        if name not in PLOTS:
+            raise AnalysisError(f"unknown plot {name!r}; choose one of {', '.join(PLOTS)}")
+        path = Path(path) if path is not None else self.workdir / f"{name}.png"
+        if name == "curves":
+            return plots.curves(path, self.metrics)
+        probs, labels = self._test_predictions()
+        log_probs = np.log(np.clip(probs, 1e-12, 1.0))  # as logits: their softmax is probs again.
+        mean = probs.mean(axis=0)
+        if name == "misclassified":
+            test = train.load_split(self.config, "test")
+            if not np.array_equal(test.labels, labels):
+                raise AnalysisError(f"the test split of {self.config.dataset!r} no longer matches "
+                                    f"{self.workdir / 'predictions.npz'}; was the data changed?")
+            return plots.misclassified(path, test.images, labels, mean, self.class_names)
+        if name == "confusion":
+            cm = metrics.confusion_matrix(mean.argmax(-1), labels, len(self.class_names))
+            return plots.confusion(path, np.asarray(cm), self.class_names)
+        if name == "ensemble_size":
+            return plots.ensemble_size(path, np.asarray(metrics.ensemble_size_curve(log_probs, labels)))
+        return plots.reliability(path, {k: np.asarray(v)
+                                        for k, v in metrics.reliability(mean, labels).items()})
+
+    def evaluate(self, dataset: str | None = None, split: str = "test", tta: bool = False
+                 ) -> dict[str, Any]:
+        """Metrics of the restored ensemble on a split of the run's dataset or of `dataset`
+        ('mnist', 'idx:<dir>', 'image_folder:<dir>'): `metrics.summarize` names without prefix,
+        plus dataset, split, checkpoint_step and tta_samples (0 without TTA)."""
+        config = self.config.copy_and_resolve_references()
+        if dataset is not None:
+            config.dataset = dataset
+        restored = self._restored
+        split_data = train.load_split(config, split)
+        self._check_images(split_data.images, f"{config.dataset} {split} images")
+        if len(split_data.class_names) != len(self.class_names):
+            raise AnalysisError(f"{config.dataset} has {len(split_data.class_names)} classes but the "
+                                f"run's model predicts {len(self.class_names)}; evaluate on a dataset "
+                                f"with the same classes")
+        device_split = evaluate.device_split(split_data, restored.run.mesh, config.eval_batch_size)
+        samples = 0
+        if tta:
+            samples = config.tta_samples or DEFAULT_TTA_SAMPLES
+            run = restored.run
+            predict_tta = engine.make_predict(
+                run.model, mesh=run.mesh, strategy=run.strategy, use_ema=bool(config.ema_decay),
+                augment_fn=augment.build(config.augment, test_time=True))
+            logits = evaluate.tta_logits(predict_tta, run.state, device_split, samples)
+        else:
+            logits = evaluate.split_logits(restored.predict, restored.run.state, device_split)
+        return {"dataset": config.dataset, "split": split, "checkpoint_step": restored.step,
+                "tta_samples": samples, **metrics.summarize(logits, split_data.labels, prefix="")}
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Per-member class probabilities [M, N, C] of new uint8 images [N, H, W, 1] or [N, H, W]."""
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[..., None]
+        self._check_images(images, "images")
+        restored = self._restored
+        batch = data.Dataset(images, np.zeros(len(images), np.int32), self.class_names)
+        split = evaluate.device_split(batch, restored.run.mesh, self.config.eval_batch_size)
+        return np.asarray(metrics.member_probs(
+            evaluate.split_logits(restored.predict, restored.run.state, split)))
+
+    def _check_images(self, images: np.ndarray, what: str) -> None:
+        size = self.config.image_size
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 1) \
+                or not len(images):
+            raise AnalysisError(f"{what} must be uint8 [N, {size}, {size}, 1] or [N, {size}, {size}] "
+                                f"with N >= 1 (raw 0-255 pixels, as data.load returns); got "
+                                f"{images.dtype} of shape {images.shape}")
+
+    def _test_predictions(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.predictions is None:
+            raise AnalysisError(f"{self.workdir / 'predictions.npz'} not found: the run has not "
+                                f"finished; re-run its training command to finish it")
+        return self.predictions["probs"], self.predictions["labels"]
+
+    @functools.cached_property
+    def _restored(self) -> _Restored:
+        """Restored once, on the first evaluate/predict (cached_property works on frozen classes)."""
+        run, step = _restore(self.workdir, self.config, len(self.class_names))
+        predict = engine.make_predict(run.model, mesh=run.mesh, strategy=run.strategy,
+                                      use_ema=bool(self.config.ema_decay))
+        return _Restored(run, step, predict)
+
+
+def load_run(workdir: str | Path) -> RunView:
+    """Read a run directory (config, metrics, results and test predictions); no model yet."""
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise AnalysisError(f"{workdir} is not a folder; pass the --workdir of a training run")
+    config, class_names = _read_config(workdir)
+    try:
+        records = read_jsonl(workdir / "metrics.jsonl")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AnalysisError(f"{workdir / 'metrics.jsonl'} is damaged ({_one_line(e)}): fix or delete "
+                            f"its broken lines") from None
+    results = _read_json(workdir / "results.json", required=False,
+                         fix="delete it and re-run the training command (it resumes at the last "
+                             "checkpoint and rewrites it)")
+    if results is not None and not {"members", "ensemble"} <= set(results):
+        raise AnalysisError(f"{workdir / 'results.json'} is damaged (no members/ensemble): delete it "
+                            f"and re-run the training command")
+    return RunView(workdir, config, class_names, records, results,
+                   _read_predictions(workdir, len(class_names)))
+
+
+def compare(workdirs: list[str | Path]) -> list[dict[str, Any]]:
+    """One row of headline numbers per run (test fields None for an unfinished run)."""
+    rows = []
+    for workdir in workdirs:
+        view = load_run(workdir)
+        last = view.metrics[-1] if view.metrics else {}
+        results = view.results or {}
+        ensemble = results.get("ensemble", {})
+        member_acc = [m["test_accuracy"] for m in results.get("members", [])]
+        rows.append({
+            "name": view.workdir.name,
+            "model": view.config.model,
+            "members": view.config.num_members,
+            "epochs": last.get("epoch", 0),
+            "num_epochs": view.config.num_epochs,
+            "val_ensemble_accuracy": last.get("val_ensemble_accuracy"),
+            "test_member_mean": float(np.mean(member_acc)) if member_acc else None,
+            "test_member_std": float(np.std(member_acc)) if member_acc else None,
+            "test_ensemble_accuracy": ensemble.get("test_accuracy"),
+            "test_vote_accuracy": ensemble.get("test_accuracy_vote"),
+            "test_nll": ensemble.get("test_nll"),
+            "test_ece": ensemble.get("test_ece"),
+            "wall_time_s": results.get("wall_time_s", last.get("wall_time_s")),
+        })
+    return rows
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    """`compare` rows as a Markdown table, accuracies in percent; missing numbers show as '–'."""
+    def pct(x):
+        return "–" if x is None else f"{100 * x:.2f}"
+
+    def num(x, spec):
+        return "–" if x is None else format(x, spec)
+
+    columns = {
+        "run": lambda r: r["name"],
+        "model": lambda r: r["model"],
+        "M": lambda r: str(r["members"]),
+        "epochs": lambda r: f"{r['epochs']}/{r['num_epochs']}",
+        "val ens %": lambda r: pct(r["val_ensemble_accuracy"]),
+        "test member %": lambda r: ("–" if r["test_member_mean"] is None else
+                                    f"{pct(r['test_member_mean'])} ± {pct(r['test_member_std'])}"),
+        "test ens %": lambda r: pct(r["test_ensemble_accuracy"]),
+        "vote %": lambda r: pct(r["test_vote_accuracy"]),
+        "NLL": lambda r: num(r["test_nll"], ".4f"),
+        "ECE": lambda r: num(r["test_ece"], ".4f"),
+        "wall s": lambda r: num(r["wall_time_s"], ".0f"),
+    }
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r) for cell in columns.values()) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def combine(workdirs: list[str | Path], method: str = "vote") -> dict[str, Any]:
+    """Test accuracy of an ensemble of runs, from their saved test predictions.
+
+    Each run counts once, through its own ensemble's mean probabilities: 'vote' is the majority
+    of the runs' predicted classes (ties to the highest mean probability, as `metrics.vote`),
+    'mean_prob' the argmax of the mean of the runs' probabilities. nll, ece and brier are of
+    that mean in both cases (a vote has no probabilities of its own).
+    """
+    if method not in COMBINE_METHODS:
+        raise AnalysisError(f"unknown combine method {method!r}; choose one of {', '.join(COMBINE_METHODS)}")
+    if not workdirs:
+        raise AnalysisError("combine needs at least one run directory")
+    views = [load_run(w) for w in workdirs]
+    labels = views[0]._test_predictions()[1]
+    for view in views[1:]:
+        if not np.array_equal(view._test_predictions()[1], labels):
+            raise AnalysisError(f"{view.workdir / 'predictions.npz'} holds other test labels than "
+                                f"{views[0].workdir / 'predictions.npz'}; combine runs tested on the "
+                                f"same dataset")
+    run_probs = np.stack([view._test_predictions()[0].mean(axis=0) for view in views])  # [R, N, C]
+    mean = run_probs.mean(axis=0)
+    if method == "vote":
+        pred = np.asarray(metrics.vote(np.log(np.clip(run_probs, 1e-12, 1.0))))
+    else:
+        pred = mean.argmax(-1)
+    correct = pred == labels
+    return {
+        "runs": [str(view.workdir) for view in views],
+        "method": method,
+        "num_examples": len(labels),
+        "accuracy": float(correct.mean()),
+        "errors": int((~correct).sum()),
+        "run_accuracy": [float((p.argmax(-1) == labels).mean()) for p in run_probs],
+        "nll": float(metrics.nll(mean, labels)),
+        "ece": float(metrics.ece(mean, labels)),
+        "brier": float(metrics.brier(mean, labels)),
+    }

@@ -1,0 +1,64 @@
+"""Smoke tests of experiments/bench_throughput.py: tiny settings, no timing assertions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+TINY = ["--models", "tiny20k", "--batches", "8", "--repeats", "1", "--steps", "2", "--warmup", "0",
+        "--scaling-batch", "8"]
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    import bench_throughput
+    return bench_throughput
+
+
+def test_jax_side_writes_json(bench, tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    bench.main([*TINY, "--members", "2", "--augment-models", "tiny20k", "--no-torch", "--out", str(out)])
+    results = json.loads(out.read_text())
+    (row,) = results["comparison"]
+    assert (row["model"], row["params"], row["batch"]) == ("tiny20k", 15578, 8)
+    assert row["jax_images_per_s"] > 0 and row["torch_images_per_s"] is None
+    (scaled,) = results["scaling"]  # M = 1 is timed as the reference but only M = 2 was asked for.
+    assert scaled["members"] == 2
+    assert scaled["per_member_images_per_s"] == pytest.approx(scaled["images_per_s"] / 2)
+    (share,) = results["input_share"]
+    assert share["augment"] == {"rotation": 10.0, "shift": 0.1}
+    assert share["batching_share"] == pytest.approx(share["batching_ms"] / share["step_ms"])
+
+
+def test_torch_side_matches_and_is_timed(bench, tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="the PyTorch side needs the optional `bench` extra")
+    out = tmp_path / "results.json"
+    results = bench.main([*TINY, "--scaling-models", "", "--augment-models", "", "--out", str(out)])
+    (row,) = results["comparison"]
+    assert row["torch_images_per_s"] > 0
+    assert row["ratio_jax_over_torch"] == pytest.approx(row["jax_images_per_s"] / row["torch_images_per_s"])
+    assert json.loads(out.read_text())["meta"]["torch_threads"] == 2
+
+
+@pytest.mark.parametrize("spec", ["senet:filters=32", "resnet_committee:width=32", "deotte"])
+def test_torch_peer_has_the_flax_parameter_count(bench, spec: str) -> None:
+    torch_peer = pytest.importorskip("torch_peer", reason="the PyTorch peers need torch")
+    name, overrides = bench.parse_spec(spec)
+    assert torch_peer.count_params(torch_peer.get(name, **overrides)) == bench.param_count((name, overrides))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "senet:width=32"], "has no field 'width'"),
+    (["--models", "senet:filters"], "write name[:field=int...]"),
+    (["--batches", "0"], "expected positive ints"),
+    (["--augment-models", "deotte"], "no recipe augmentation"),
+    (["--steps", "1000"], "lower --steps"),
+])
+def test_bad_flags_fail_with_one_line(bench, capsys, argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit):
+        bench.parse_args([*argv, "--no-torch"])
+    assert message in capsys.readouterr().err

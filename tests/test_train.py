@@ -1,0 +1,215 @@
+"""The train loop end to end on real MNIST subsets: resume, refusal, divergence, honest protocol."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from mnist_jax import checkpoint, config as config_lib, data, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_config(name: str, arg: str | None = None):
+    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def small(config, **overrides):
+    """A config cut down to seconds: a real-MNIST subset, a short validation split."""
+    config.train_subset = 512
+    config.validation_size = 500
+    config.batch_size = 64
+    config.num_epochs = 2
+    config.log_every_steps = 3
+    config.eval_batch_size = 500
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def final_state(workdir, config):
+    """The newest checkpoint of a run, restored into the structure the config builds."""
+    run = train.init_run(config, 10, steps_per_epoch=1)
+    tree, meta = checkpoint.restore_latest(checkpoint.manager(workdir, 3),
+                                           {"state": run.state, "metrics": run.metrics},
+                                           config_lib.fingerprint(config))
+    return jax.tree.map(np.asarray, tree["state"]), meta
+
+
+class StopAfter:
+    """Stands in for the SIGINT/SIGTERM flag: 'received' after the loop has looked `n` times."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @property
+    def received(self):
+        self.n -= 1
+        return 15 if self.n < 0 else None
+
+
+@pytest.mark.slow
+def test_kill_and_resume_equals_uninterrupted(mnist_dir, tmp_path, monkeypatch):
+    config = small(load_config("quick"), num_members=2)
+    straight = train.train_and_evaluate(config, tmp_path / "straight")
+
+    monkeypatch.setattr(train, "_StopSignal", lambda: StopAfter(2))  # mid-epoch 1 (8 steps/epoch)
+    with pytest.raises(train.Interrupted, match="run the same command to resume"):
+        train.train_and_evaluate(config, tmp_path / "resumed")
+    _, meta = final_state(tmp_path / "resumed", config)
+    assert meta["step"] == 9  # three chunks of 3 steps: mid-way through epoch 2
+    monkeypatch.undo()
+    resumed = train.train_and_evaluate(config, tmp_path / "resumed")
+
+    a, _ = final_state(tmp_path / "straight", config)
+    b, _ = final_state(tmp_path / "resumed", config)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)  # bitwise on the CPU
+    assert straight["ensemble"]["test_accuracy"] == resumed["ensemble"]["test_accuracy"]
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+    # The same workdir with another config is refused, naming the field, and nothing is touched.
+    before = (tmp_path / "resumed" / "config.json").read_text()
+    other = small(load_config("quick"), num_members=2, seed=7)
+    with pytest.raises(checkpoint.CheckpointError, match="seed: 0 -> 7"):
+        train.train_and_evaluate(other, tmp_path / "resumed")
+    assert (tmp_path / "resumed" / "config.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous(mnist_dir, tmp_path, caplog):
+    config = small(load_config("quick"), num_members=1, keep_checkpoints=3)
+    train.train_and_evaluate(config, tmp_path)
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [8, 16]
+    for f in (tmp_path / "checkpoints" / "16" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    state, meta = final_state(tmp_path, config)
+    assert meta["step"] == 8
+    assert "unreadable" in caplog.text
+
+
+@pytest.mark.slow
+def test_quick_config_end_to_end_reads_test_only_at_the_end(mnist_dir, tmp_path, monkeypatch):
+    reads = []
+    real_load = data.load
+
+    def spy(name, split, *args, **kwargs):
+        reads.append(split)
+        return real_load(name, split, *args, **kwargs)
+
+    monkeypatch.setattr(data, "load", spy)
+    epochs_done = []
+    real_append = train.append_jsonl
+    monkeypatch.setattr(train, "append_jsonl",
+                        lambda path, record: (epochs_done.append(list(reads)), real_append(path, record)))
+    config = small(load_config("quick"), num_members=2, num_epochs=1)
+    results = train.train_and_evaluate(config, tmp_path)
+
+    assert reads == ["train", "validation", "test"]
+    assert "test" not in epochs_done[-1]  # every epoch was logged before the test split was read
+    assert results["num_members"] == 2 and len(results["members"]) == 2
+    assert 0.5 < results["ensemble"]["test_accuracy"] <= 1.0
+    assert results["checkpoint_step"] == 8
+    for name in ("config.json", "metrics.jsonl", "results.json", "predictions.npz",
+                 "misclassified.png", "confusion.png", "curves.png", "ensemble_size.png",
+                 "reliability.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    saved = np.load(tmp_path / "predictions.npz")
+    assert saved["probs"].shape == (2, 10000, 10)
+    np.testing.assert_allclose(saved["probs"].sum(-1), 1.0, atol=1e-5)
+    acc = (saved["probs"].mean(0).argmax(-1) == saved["labels"]).mean()
+    assert acc == pytest.approx(results["ensemble"]["test_accuracy"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_diverging_member_is_reported_and_the_run_stops(mnist_dir, tmp_path):
+    config = small(load_config("quick"), num_members=2, num_epochs=1)
+    config.optim.schedule.name = "constant"
+    config.optim.name = "sgd"
+    config.optim.learning_rate = 1e12
+    with pytest.raises(train.TrainingDiverged, match=r"member \d got a non-finite loss at step \d+"):
+        train.train_and_evaluate(config, tmp_path)
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("num_members", 0, "num_members must be >= 1"),
+    ("num_epochs", -1, "num_epochs must be >= 1"),
+    ("model", "lenet", "unknown model 'lenet'; valid: senet"),
+    ("member_strategy", "pmap", "unknown member_strategy"),
+    ("bagging", 1.5, "bagging must be in"),
+])
+def test_bad_configs_are_refused_before_compiling(field, value, message):
+    config = load_config("quick")
+    setattr(config, field, value)
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.validate(config)
+
+
+def test_bad_sections_are_refused_with_the_field_name():
+    config = load_config("quick")
+    config.optim.schedule.name = "cosine_restarts"
+    with pytest.raises(ValueError, match="cosine_restarts"):
+        config_lib.validate(config)
+    config = load_config("quick")
+    config.augment.rotation = -5.0
+    with pytest.raises(ValueError, match="rotation"):
+        config_lib.validate(config)
+    config = load_config("quick")
+    config.model_overrides.filters = 8  # tiny20k has no such field
+    with pytest.raises(ValueError, match="filters"):
+        config_lib.validate(config)
+
+
+def test_a_batch_larger_than_the_split_is_refused():
+    config = load_config("quick")
+    config.batch_size = 600
+    with pytest.raises(config_lib.ConfigError, match="batch_size 600 is larger than the 512"):
+        config_lib.check_batch_fits(config, 512)
+
+
+@pytest.mark.parametrize("name,arg", [("quick", None), ("tiny20k", None), ("senet_ensemble", None),
+                                      ("deotte15", None), ("resnet_committee", None),
+                                      ("baseline", None), ("simple", "m3"), ("simple", "m5"),
+                                      ("simple", "m7")])
+def test_every_reference_config_is_valid(name, arg):
+    config_lib.validate(load_config(name, arg))
+
+
+REFERENCE_CONFIGS = [("senet_ensemble", None), ("deotte15", None), ("tiny20k", None),
+                     ("resnet_committee", None), ("baseline", None), ("simple", "m3"),
+                     ("simple", "m5"), ("simple", "m7")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,arg", REFERENCE_CONFIGS)
+def test_every_reference_config_trains_checkpoints_and_resumes(name, arg, mnist_dir, tmp_path,
+                                                               monkeypatch):
+    config = load_config(name, arg)
+    config.num_members = 2  # the recipe's own members, epochs and schedule; only fewer of them
+    config.train_subset = config.batch_size * 8
+    config.validation_size = 100
+    config.log_every_steps = 1
+    if config.bagging:
+        config.train_subset = int(config.batch_size * 8 / config.bagging) + 1
+    for attempt in (1, 2):
+        monkeypatch.setattr(train, "_StopSignal", lambda: StopAfter(0))
+        with pytest.raises(train.Interrupted, match=f"at step {attempt}"):
+            train.train_and_evaluate(config, tmp_path)
+        _, meta = final_state(tmp_path, config)
+        assert meta["step"] == attempt  # the second run resumed from the first one's step
