@@ -2,13 +2,14 @@
 
 Three measurements, all float32 Adam (lr 1e-3, eps 1e-7, no weight decay), one process:
 
-1. Model comparison (one member). JAX runs the real `engine.make_train_step` (strategy from
-   `--strategy`, default `engine.default_strategy()`) on the on-device uint8 dataset, gathering the
-   batch inside the step, no augmentation. PyTorch runs the twin from `torch_peer.py` (parameter
-   counts checked equal), fused Adam, `torch.set_num_threads(2)`, the batch gathered from a uint8
-   tensor through a random permutation and cast / 255 inside the timed step; channels-last is used
-   where one probe repeat measured it faster. After warm-up (compilation excluded) the two sides
-   are timed ALTERNATELY, repeat by repeat, so machine noise hits both; each side reports
+1. Model comparison (one member; `--models` specs are name[:field=int], e.g. senet:filters=32).
+   JAX runs the real `engine.make_train_step` (strategy from `--strategy`, default
+   `engine.default_strategy()`) on the on-device uint8 dataset, gathering the batch inside the
+   step, no augmentation. PyTorch runs the twin from `torch_peer.py` (parameter counts checked
+   equal), fused Adam, `torch.set_num_threads(2)` (`--torch-threads`), the batch gathered from a
+   uint8 tensor through a random permutation and cast / 255 inside the timed step; channels-last
+   is used where one probe repeat measured it faster. After warm-up (compilation excluded) the
+   two sides are timed ALTERNATELY, repeat by repeat, so machine noise hits both; each side reports
    images/s = batch * steps / (median repeat time), and ratio = JAX images/s / PyTorch images/s.
 2. Member scaling (JAX only). At M members, total images/s = M * batch * steps / time and
    per-member images/s = total / M. Efficiency = total images/s at M / images/s at M = 1:
@@ -21,7 +22,9 @@ Three measurements, all float32 Adam (lr 1e-3, eps 1e-7, no weight decay), one p
    writes its output to memory, so its share is an upper bound on the in-step cost.
 
 Images are random uint8 of MNIST's shape (60,000 x 28 x 28): no step depends on pixel values.
-Times use `time.perf_counter` around `steps` steps, closed by `jax.block_until_ready`.
+Times use `time.perf_counter` around `steps` steps, closed by `jax.block_until_ready` (PyTorch on
+the CPU is synchronous). The JSON keeps every repeat's time and the load average before and after:
+on a shared machine the numbers mean little, so run it when the machine is otherwise idle.
 
     python experiments/bench_throughput.py --out results.json
     python experiments/bench_throughput.py --models tiny20k,senet:filters=32 --batches 32 \
@@ -31,13 +34,14 @@ Times use `time.perf_counter` around `steps` steps, closed by `jax.block_until_r
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -51,7 +55,6 @@ DEFAULT_MODELS = ("tiny20k", "deotte", "senet", "senet:filters=32", "resnet_comm
                   "resnet_committee:width=32")
 STRATEGIES = ("unroll", "vmap")
 TRAIN_SIZE, IMAGE_SHAPE = 60_000, (28, 28, 1)
-TORCH_THREADS = 2  # the benchmark machine's cores; XLA:CPU uses every core it sees.
 LEARNING_RATE, ADAM_EPS = 1e-3, 1e-7  # optim.default_config()'s Adam, on both sides.
 # The recipes' augmentations (configs/tiny20k.py, configs/resnet_committee.py), by model name.
 AUGMENTS = {
@@ -60,7 +63,7 @@ AUGMENTS = {
 }
 
 Spec = tuple[str, dict[str, int]]
-Repeats = Iterator[float]  # each next() runs `steps` steps and yields their wall time in seconds.
+Timer = Callable[[], float]  # runs `steps` steps, returns their wall time in seconds.
 
 
 class BenchError(ValueError):
@@ -85,8 +88,10 @@ def spec_label(spec: Spec) -> str:
     return ":".join([name, *(f"{k}={v}" for k, v in overrides.items())])
 
 
-def synthetic_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
+@functools.lru_cache(maxsize=None)
+def _synthetic_data() -> tuple[np.ndarray, np.ndarray]:
+    """Random uint8 images and int32 labels of MNIST's training-set shape."""
+    rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (TRAIN_SIZE, *IMAGE_SHAPE), dtype=np.uint8)
     return images, rng.integers(0, 10, TRAIN_SIZE).astype(np.int32)
 
@@ -99,25 +104,47 @@ def param_count(spec: Spec) -> int:
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes["params"]))
 
 
-def jax_repeats(spec: Spec, data: tuple[np.ndarray, np.ndarray], *, batch: int, members: int,
-                steps: int, warmup: int, strategy: str, augment_cfg: dict | None = None) -> Repeats:
-    """Warm up (compile + `warmup` steps), then time `steps` real engine steps per next()."""
-    model = models.get(spec[0], **spec[1])
+# Compiling `init_members` and the step dominates the harness's own run time (tens of seconds
+# each on a busy CPU) and the tables reuse configurations, so both are built once per process.
+@functools.lru_cache(maxsize=None)
+def _initial_state(name: str, overrides: tuple, members: int) -> tuple:
+    model = models.get(name, **dict(overrides))
+    # A constant learning rate: the schedule's length does not matter.
     tx = optim.build({"name": "adam", "learning_rate": LEARNING_RATE, "eps": ADAM_EPS},
-                     steps_per_epoch=steps, num_epochs=1)
+                     steps_per_epoch=1, num_epochs=1)
     mesh = engine.make_mesh(members)
+    state = engine.init_members(model, tx, engine.member_keys(0, members),
+                                jnp.zeros((1, *IMAGE_SHAPE), jnp.float32), ema=False, mesh=mesh)
+    return model, tx, mesh, state
+
+
+@functools.lru_cache(maxsize=None)
+def _train_step(name: str, overrides: tuple, members: int, batch: int, steps: int, strategy: str,
+                augment_items: tuple | None) -> tuple:
+    model, tx, mesh, _ = _initial_state(name, overrides, members)
+    images, labels = (engine.put_replicated(a, mesh) for a in _synthetic_data())
     keys = engine.member_keys(0, members)
-    state = engine.init_members(model, tx, keys, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32),
-                                ema=False, mesh=mesh)
-    metrics = jax.device_put(engine.new_metrics(members), engine.member_sharding(mesh))
-    images, labels = (engine.put_replicated(a, mesh) for a in data)
-    bags = engine.member_bags(keys, TRAIN_SIZE, TRAIN_SIZE)
-    order = jax.device_put(engine.epoch_order(keys, bags, 0, steps, batch),
-                           engine.member_sharding(mesh))
-    augment_fn = None if augment_cfg is None else augment.build(ml_collections.ConfigDict(augment_cfg))
+    order = jax.device_put(
+        engine.epoch_order(keys, engine.member_bags(keys, TRAIN_SIZE, TRAIN_SIZE), 0, steps, batch),
+        engine.member_sharding(mesh))
+    augment_fn = None if augment_items is None else augment.build(
+        ml_collections.ConfigDict(dict(augment_items)))
     train_step = engine.make_train_step(
         model, tx, mesh=mesh, augment_fn=augment_fn, steps_per_epoch=steps, batch_size=batch,
         label_smoothing=0.0, l1=0.0, l1_params="head/kernel", ema_decay=0.0, strategy=strategy)
+    return images, labels, order, train_step
+
+
+def jax_timer(spec: Spec, *, batch: int, members: int, steps: int, warmup: int, strategy: str,
+                augment_cfg: dict | None = None) -> Timer:
+    """Warmed up (compiled, then `warmup` steps): each call times `steps` real engine steps."""
+    name, overrides = spec[0], tuple(spec[1].items())
+    _, _, mesh, state = _initial_state(name, overrides, members)
+    images, labels, order, train_step = _train_step(
+        name, overrides, members, batch, steps, strategy,
+        None if augment_cfg is None else tuple(augment_cfg.items()))
+    state = jax.tree.map(jnp.copy, state)  # the step donates its state; keep the cached one.
+    metrics = jax.device_put(engine.new_metrics(members), engine.member_sharding(mesh))
 
     step = 0
     def run(count: int) -> float:
@@ -129,15 +156,13 @@ def jax_repeats(spec: Spec, data: tuple[np.ndarray, np.ndarray], *, batch: int, 
         jax.block_until_ready((state, metrics))
         return time.perf_counter() - start
 
-    run(warmup)
-    while True:
-        yield run(steps)
+    run(1 + warmup)  # the first call compiles.
+    return lambda: run(steps)
 
 
-def input_repeats(data: tuple[np.ndarray, np.ndarray], *, batch: int, steps: int, warmup: int,
-                  augment_cfg: dict | None) -> Repeats:
-    """Like `jax_repeats`, but only the step's batch gather + cast (+ augmentation), jitted alone."""
-    images = jax.device_put(data[0])
+def input_timer(*, batch: int, steps: int, warmup: int, augment_cfg: dict | None) -> Timer:
+    """Like `jax_timer`, but only the step's batch gather + cast (+ augmentation), jitted alone."""
+    images = jax.device_put(_synthetic_data()[0])
     order = jax.random.permutation(jax.random.key(0), TRAIN_SIZE)[: steps * batch].astype(jnp.int32)
     augment_fn = None if augment_cfg is None else augment.build(ml_collections.ConfigDict(augment_cfg))
 
@@ -158,14 +183,12 @@ def input_repeats(data: tuple[np.ndarray, np.ndarray], *, batch: int, steps: int
         jax.block_until_ready(outs)
         return time.perf_counter() - start
 
-    run(warmup)
-    while True:
-        yield run(steps)
+    run(1 + warmup)  # the first call compiles.
+    return lambda: run(steps)
 
 
-def torch_repeats(spec: Spec, data: tuple[np.ndarray, np.ndarray], *, batch: int, steps: int,
-                  warmup: int, channels_last: bool) -> Repeats:
-    """The PyTorch twin of `jax_repeats` for one member."""
+def torch_timer(spec: Spec, *, batch: int, steps: int, warmup: int, channels_last: bool) -> Timer:
+    """The PyTorch twin of `jax_timer` for one member."""
     import torch
     import torch_peer
     from torch.nn import functional as F
@@ -179,8 +202,9 @@ def torch_repeats(spec: Spec, data: tuple[np.ndarray, np.ndarray], *, batch: int
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=layout).train()
     opt = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, eps=ADAM_EPS, fused=True)
-    images = torch.from_numpy(data[0]).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW.
-    labels = torch.from_numpy(data[1]).long()
+    images, labels = _synthetic_data()
+    images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW.
+    labels = torch.from_numpy(labels).long()
     perm = torch.randperm(TRAIN_SIZE)[: steps * batch]
     loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
 
@@ -203,33 +227,31 @@ def torch_repeats(spec: Spec, data: tuple[np.ndarray, np.ndarray], *, batch: int
             step += 1
         return time.perf_counter() - start
 
-    run(warmup)
-    while True:
-        yield run(steps)
+    run(1 + warmup)
+    return lambda: run(steps)
 
 
-def alternate(runs: dict[str, Repeats], repeats: int) -> dict[str, list[float]]:
+def alternate(runs: dict[str, Timer], repeats: int) -> dict[str, list[float]]:
     """Time each run once per round, round after round, so drift and noise hit all of them."""
     times: dict[str, list[float]] = {key: [] for key in runs}
     for _ in range(repeats):
         for key, run in runs.items():
-            times[key].append(next(run))
+            times[key].append(run())
     return times
 
 
-def compare(specs: Sequence[Spec], batches: Sequence[int], data, args) -> list[dict[str, Any]]:
+def compare(specs: Sequence[Spec], batches: Sequence[int], args) -> list[dict[str, Any]]:
     rows = []
     for spec in specs:
         params = param_count(spec)
         for batch in batches:
             print(f"compare {spec_label(spec)} batch {batch} ...", file=sys.stderr, flush=True)
             common = {"batch": batch, "steps": args.steps, "warmup": args.warmup}
-            runs = {"jax": jax_repeats(spec, data, members=1, strategy=args.strategy, **common)}
-            next(runs["jax"])  # compile outside any probe.
+            runs = {"jax": jax_timer(spec, members=1, strategy=args.strategy, **common)}
             layout = None
             if not args.no_torch:
-                probes = {cl: torch_repeats(spec, data, channels_last=cl, **common) for cl in (False, True)}
-                probe = {cl: next(run) for cl, run in probes.items()}
+                probes = {cl: torch_timer(spec, channels_last=cl, **common) for cl in (False, True)}
+                probe = {cl: run() for cl, run in probes.items()}
                 layout = probe[True] < probe[False]
                 runs["torch"] = probes[layout]
             times = alternate(runs, args.repeats)
@@ -242,15 +264,13 @@ def compare(specs: Sequence[Spec], batches: Sequence[int], data, args) -> list[d
     return rows
 
 
-def scaling(specs: Sequence[Spec], members: Sequence[int], data, args) -> list[dict[str, Any]]:
+def scaling(specs: Sequence[Spec], members: Sequence[int], args) -> list[dict[str, Any]]:
     rows = []
     counts = sorted(set(members) | {1})  # efficiency is relative to M = 1.
     for spec in specs:
         print(f"scaling {spec_label(spec)} M={counts} ...", file=sys.stderr, flush=True)
-        runs = {m: jax_repeats(spec, data, batch=args.scaling_batch, members=m, steps=args.steps,
-                               warmup=args.warmup, strategy=args.strategy) for m in counts}
-        for run in runs.values():
-            next(run)
+        runs = {m: jax_timer(spec, batch=args.scaling_batch, members=m, steps=args.steps,
+                             warmup=args.warmup, strategy=args.strategy) for m in counts}
         times = alternate(runs, args.repeats)
         total = {m: m * args.scaling_batch * args.steps / statistics.median(t) for m, t in times.items()}
         rows += [{"model": spec_label(spec), "batch": args.scaling_batch, "members": m,
@@ -260,21 +280,19 @@ def scaling(specs: Sequence[Spec], members: Sequence[int], data, args) -> list[d
     return rows
 
 
-def input_share(specs: Sequence[Spec], data, args) -> list[dict[str, Any]]:
+def input_share(specs: Sequence[Spec], args) -> list[dict[str, Any]]:
     rows = []
     for spec in specs:
         print(f"input share {spec_label(spec)} ...", file=sys.stderr, flush=True)
         aug = AUGMENTS[spec[0]]
         common = {"batch": args.scaling_batch, "steps": args.steps, "warmup": args.warmup}
         runs = {
-            "step": jax_repeats(spec, data, members=1, strategy=args.strategy, **common),
-            "step_augmented": jax_repeats(spec, data, members=1, strategy=args.strategy,
-                                          augment_cfg=aug, **common),
-            "batching": input_repeats(data, augment_cfg=None, **common),
-            "batching_augment": input_repeats(data, augment_cfg=aug, **common),
+            "step": jax_timer(spec, members=1, strategy=args.strategy, **common),
+            "step_augmented": jax_timer(spec, members=1, strategy=args.strategy, augment_cfg=aug,
+                                        **common),
+            "batching": input_timer(augment_cfg=None, **common),
+            "batching_augment": input_timer(augment_cfg=aug, **common),
         }
-        for run in runs.values():
-            next(run)
         ms = {k: 1e3 * statistics.median(t) / args.steps for k, t in alternate(runs, args.repeats).items()}
         rows.append({"model": spec_label(spec), "augment": aug, "batch": args.scaling_batch,
                      **{f"{k}_ms": v for k, v in ms.items()},
@@ -335,16 +353,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    default=[parse_spec("tiny20k"), parse_spec("resnet_committee")],
                    help=f"models for the input-share table, with their recipe's augmentation "
                         f"({', '.join(AUGMENTS)}; '' to skip)")
-    p.add_argument("--scaling-batch", type=int, default=128, help="batch of the scaling and input-share tables")
+    p.add_argument("--scaling-batch", type=int, default=128,
+                   help="batch of the scaling and input-share tables")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per side (median reported)")
     p.add_argument("--steps", type=int, default=20, help="train steps per timed repeat")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps after the compiling one")
     p.add_argument("--strategy", choices=STRATEGIES, default=engine.default_strategy(),
                    help="engine member strategy (default: the backend's)")
     p.add_argument("--out", default="results.json", help="JSON file to write")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch side")
+    p.add_argument("--torch-threads", type=int, default=2,
+                   help="torch.set_num_threads (XLA:CPU uses every core it sees)")
     args = p.parse_args(argv)
-    for flag in ("repeats", "steps", "scaling_batch"):
+    for flag in ("repeats", "steps", "scaling_batch", "torch_threads"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.warmup < 0:
@@ -361,30 +382,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             import torch
         except ImportError:
             p.error("PyTorch is not installed: pip install -e '.[bench]', or pass --no-torch")
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import torch_peer
+        import torch_peer  # next to this script, so on sys.path when it runs.
         missing = [spec_label(s) for s in args.models if s[0] not in torch_peer.names()]
         if missing:
             p.error(f"no PyTorch peer for {missing}; peers exist for {', '.join(torch_peer.names())} "
                     f"(or pass --no-torch)")
-        torch.set_num_threads(TORCH_THREADS)
+        torch.set_num_threads(args.torch_threads)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    data = synthetic_data()
     meta = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": len(jax.devices()),
             "cpu_count": os.cpu_count(), "platform": platform.platform(), "strategy": args.strategy,
             "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup,
-            "optimizer": {"name": "adam", "learning_rate": LEARNING_RATE, "eps": ADAM_EPS}}
+            "optimizer": {"name": "adam", "learning_rate": LEARNING_RATE, "eps": ADAM_EPS},
+            "load_average_before": os.getloadavg()}
     if not args.no_torch:
         import torch
         meta.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
     results = {"meta": meta,
-               "comparison": compare(args.models, args.batches, data, args),
-               "scaling": scaling(args.scaling_models, args.members, data, args),
-               "input_share": input_share(args.augment_models, data, args)}
+               "comparison": compare(args.models, args.batches, args),
+               "scaling": scaling(args.scaling_models, args.members, args),
+               "input_share": input_share(args.augment_models, args)}
+    meta["load_average_after"] = os.getloadavg()  # well above 0 means other work skewed the times.
     print(markdown(results))
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)

@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
 from mnist_jax import analysis, checkpoint, evaluate, train
 from mnist_jax.runfiles import write_bytes, write_json
@@ -106,6 +108,41 @@ def test_evaluate_restored_ensemble_reproduces_results(view, results):
     assert ev["member_accuracy"] == [m["test_accuracy"] for m in results["members"]]
     assert ev["nll"] == pytest.approx(results["ensemble"]["test_nll"], rel=1e-6)
     assert (ev["dataset"], ev["split"], ev["tta_samples"], ev["num_examples"]) == ("mnist", "test", 0, 10_000)
+
+
+@pytest.mark.slow
+def test_restore_gives_the_trained_state(run_dir, view):
+    config, run, step = analysis.restore(run_dir)
+    assert step == 8 and config.to_dict() == view.config.to_dict()
+    assert isinstance(run, train.Run) and run.keys.shape == (2, 2)
+    for leaf in jax.tree.leaves(run.state["params"]):
+        assert leaf.shape[0] == 2  # one slice per member
+    np.testing.assert_array_equal(  # what predict uses is what restore returns
+        jax.tree.leaves(run.state["params"])[0], jax.tree.leaves(view._restored.run.state["params"])[0])
+
+
+@pytest.mark.slow
+def test_evaluate_with_tta_of_an_unaugmented_run_changes_nothing(view):
+    plain, tta = view.evaluate(split="validation"), view.evaluate(split="validation", tta=True)
+    assert tta["tta_samples"] == analysis.DEFAULT_TTA_SAMPLES
+    assert tta["accuracy"] == plain["accuracy"]
+    assert tta["nll"] == pytest.approx(plain["nll"], rel=1e-5)
+
+
+def image_folder(root: Path, classes: str) -> str:
+    """One black 40x40 PNG per class (the loader resizes them to the run's 28x28)."""
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        Image.new("L", (40, 40)).save(root / name / "a.png")
+    return f"image_folder:{root}"
+
+
+@pytest.mark.slow
+def test_evaluate_on_another_dataset(view, tmp_path):
+    ev = view.evaluate(dataset=image_folder(tmp_path / "ten", "0123456789"))
+    assert ev["dataset"] == f"image_folder:{tmp_path / 'ten'}" and ev["num_examples"] == 10
+    with pytest.raises(analysis.AnalysisError, match="has 2 classes but the run's model predicts 10"):
+        view.evaluate(dataset=image_folder(tmp_path / "two", "01"))
 
 
 @pytest.mark.slow
