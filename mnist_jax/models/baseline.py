@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mnist_jax.models.blocks import KERAS_BN, Dtype, flatten, he_normal, keras_init
+from mnist_jax.models.blocks import Conv, KERAS_BN, Dtype, flatten, he_normal, keras_init
 from mnist_jax.models.blocks import prepare_input
 
 
@@ -25,7 +25,7 @@ class Baseline(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         x = prepare_input(x, self, min_size=2)  # One 2x2 max pool.
         for features in (32, 64):
-            x = nn.Conv(features, (3, 3), padding="SAME", kernel_init=he_normal,
+            x = Conv(features, (3, 3), padding="SAME", kernel_init=he_normal,
                         dtype=self.dtype, param_dtype=self.param_dtype)(x)
             x = nn.relu(x)
         x = nn.max_pool(x, (2, 2), strides=(2, 2))

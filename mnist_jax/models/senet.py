@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mnist_jax.models.blocks import KERAS_BN, Dtype, SqueezeExcite, he_normal, keras_init
+from mnist_jax.models.blocks import Conv, KERAS_BN, Dtype, SqueezeExcite, he_normal, keras_init
 from mnist_jax.models.blocks import prepare_input
 
 
@@ -28,7 +28,7 @@ class SENet(nn.Module):
         x = prepare_input(x, self, min_size=4)  # Two 2x2 average pools: 4 -> 2 -> 1.
         for block in range(3):
             for _ in range(3):
-                x = nn.Conv(self.filters, (3, 3), padding="SAME", kernel_init=he_normal,
+                x = Conv(self.filters, (3, 3), padding="SAME", kernel_init=he_normal,
                             dtype=self.dtype, param_dtype=self.param_dtype)(x)
                 x = nn.relu(x)
             x = nn.BatchNorm(use_running_average=not train, **KERAS_BN, dtype=self.dtype,

@@ -1,0 +1,128 @@
+"""conv.conv_general_dilated: lax's forward pass exactly, lax's gradients to float32 rounding."""
+
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mnist_jax import conv
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+# (batch, size, in, out, kernel, stride, padding): every kind of conv in the model zoo, small.
+SHAPES = [
+    (2, 12, 1, 8, 3, 1, "SAME"),  # tiny20k / baseline / senet stems.
+    (3, 9, 32, 64, 3, 1, "VALID"),  # deotte, simple_m3.
+    (2, 10, 32, 32, 5, 2, "SAME"),  # deotte's strided 5x5 (even input).
+    (2, 7, 16, 24, 5, 2, "SAME"),  # ... and odd input: uneven SAME padding.
+    (2, 4, 8, 16, 4, 1, "VALID"),  # deotte's last conv: 1x1 output.
+    (2, 9, 4, 8, 7, 1, "VALID"),  # simple_m7.
+    (2, 6, 128, 128, 3, 1, "SAME"),  # senet / resnet_committee, small spatial.
+    (1, 11, 3, 5, 3, 2, "VALID"),
+    (2, 8, 3, 6, 4, 2, ((2, 1), (0, 3))),  # Explicit, asymmetric padding.
+    (2, 8, 3, 6, 3, 2, ((-1, 2), (1, 0))),  # Negative padding crops the input.
+    (2, 9, 2, 3, 1, 2, "SAME"),  # Kernel smaller than the stride.
+]
+
+
+def _data(shape, dtype=jnp.float32):
+    n, size, cin, cout, k, s, padding = shape
+    kx, kw, kg = jax.random.split(jax.random.key(sum(shape[:6])), 3)
+    x = jax.random.normal(kx, (n, size, size + 1, cin), dtype)  # Non-square on purpose.
+    w = jax.random.normal(kw, (k, k, cin, cout), dtype) / float(np.sqrt(k * k * cin))
+    y = lax.conv_general_dilated(x, w, (s, s), padding, dimension_numbers=DN)
+    return x, w, jax.random.normal(kg, y.shape, dtype)
+
+
+def _convs(shape):
+    s, padding = shape[5], shape[6]
+    ours = lambda x, w: conv.conv_general_dilated(x, w, (s, s), padding, dimension_numbers=DN)
+    ref = lambda x, w: lax.conv_general_dilated(x, w, (s, s), padding, dimension_numbers=DN)
+    return ours, ref
+
+
+@pytest.fixture(params=["lax_kernel_grad", "im2col_kernel_grad"])
+def kernel_grad(request, monkeypatch):
+    """Runs a test with both kernel-gradient paths; im2col in several chunks with a ragged end."""
+    if request.param == "im2col_kernel_grad":
+        monkeypatch.setattr(conv, "_IM2COL_MIN_PIXELS", 0)
+        monkeypatch.setattr(conv, "_IM2COL_MIN_FEATURES", 0)
+        monkeypatch.setattr(conv, "_CHUNK_BYTES", 1)  # One image per chunk.
+    return request.param
+
+
+def _output_and_grads(f, x, w, g):
+    """One compiled program per case: fast to test, and what training runs."""
+
+    def run(x, w, g):
+        y, vjp = jax.vjp(f, x, w)
+        return y, vjp(g)
+
+    return jax.jit(run)(x, w, g)
+
+
+def _assert_close(actual, expected):
+    np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_forward_and_gradients_match_lax(shape, kernel_grad):
+    x, w, g = _data(shape)
+    (y, grads), (y_ref, grads_ref) = (_output_and_grads(f, x, w, g) for f in _convs(shape))
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(y_ref))
+    for got, want in zip(grads, grads_ref):
+        _assert_close(got, want)
+
+
+def test_gradients_under_jit_and_vmap_over_members(kernel_grad):
+    shape = (2, 8, 3, 8, 5, 2, "SAME")
+    (x, w, _), members = _data(shape), 3
+    ws = jnp.stack([w * (m + 1) for m in range(members)])
+    xs = jnp.stack([x + m for m in range(members)])
+
+    def loss(f):
+        return lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+
+    ours, ref = (jax.jit(jax.vmap(jax.grad(loss(f), argnums=(0, 1)))) for f in _convs(shape))
+    for got, want in zip(ours(xs, ws), ref(xs, ws)):
+        _assert_close(got, want)
+
+
+def test_flax_conv_with_it_has_the_default_gradients(kernel_grad):
+    x = jax.random.normal(jax.random.key(0), (2, 10, 10, 3))
+    fast = nn.Conv(16, (3, 3), strides=2, padding="SAME",
+                   conv_general_dilated=conv.conv_general_dilated)
+    default = nn.Conv(16, (3, 3), strides=2, padding="SAME")
+    params = default.init(jax.random.key(1), x)
+
+    def grads(model):
+        loss = lambda p, x: jnp.sum(model.apply(p, x) ** 2)
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+
+    for got, want in zip(jax.tree.leaves(grads(fast)), jax.tree.leaves(grads(default))):
+        _assert_close(got, want)
+
+
+def test_bfloat16_keeps_its_dtype(kernel_grad):
+    shape = (2, 8, 4, 8, 3, 1, "SAME")
+    x, w, g = _data(shape, jnp.bfloat16)
+    (y, (dx, dw)), (_, grads_ref) = (_output_and_grads(f, x, w, g) for f in _convs(shape))
+    assert y.dtype == dx.dtype == dw.dtype == jnp.bfloat16
+    for got, want in zip((dx, dw), grads_ref):
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                                   rtol=0.05, atol=0.05)
+
+
+def test_unsupported_convolutions_are_lax():
+    """NCHW layout, dilation and groups go straight to lax, gradient included."""
+    x = jax.random.normal(jax.random.key(0), (2, 4, 9, 9))
+    w = jax.random.normal(jax.random.key(1), (6, 2, 3, 3))
+    kwargs = dict(window_strides=(1, 1), padding="SAME", rhs_dilation=(2, 2),
+                  feature_group_count=2)
+    ours = lambda x, w: jnp.sum(conv.conv_general_dilated(x, w, **kwargs) ** 2)
+    ref = lambda x, w: jnp.sum(lax.conv_general_dilated(x, w, **kwargs) ** 2)
+    grads, grads_ref = (jax.jit(jax.grad(f, (0, 1)))(x, w) for f in (ours, ref))
+    for got, want in zip(grads, grads_ref):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
