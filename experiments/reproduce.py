@@ -95,8 +95,8 @@ def main() -> None:
         config = scaled(load_config(SYSTEMS[name][0]), args.budget)
         results = train.train_and_evaluate(config, out / name)
         lines.append(row(name, results, config))
+        (out / "table.md").write_text("\n".join(lines) + "\n")  # after each run: a partial table survives
         print(lines[-1], flush=True)
-    (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
