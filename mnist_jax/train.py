@@ -143,6 +143,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     val_split = evaluate.device_split(val, mesh, config.eval_batch_size) if val else None
 
     def save() -> None:
+        if mngr.latest_step() == step:  # a signal right after an epoch's checkpoint: it is saved
+            return
         meta = {"config": fingerprint, "step": step, "wall_time_s": wall_time}
         checkpoint.save(mngr, step, {"state": state, "metrics": metrics}, meta)
 

@@ -82,6 +82,12 @@ def test_kill_and_resume_equals_uninterrupted(mnist_dir, tmp_path, monkeypatch):
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
 
+    # A signal right after an epoch's checkpoint (the loop's 4th look, at step 8) stops cleanly.
+    monkeypatch.setattr(train, "_StopSignal", lambda: StopAfter(3))
+    with pytest.raises(train.Interrupted, match="at step 8"):
+        train.train_and_evaluate(config, tmp_path / "boundary")
+    monkeypatch.undo()
+
     # The same workdir with another config is refused, naming the field, and nothing is touched.
     before = (tmp_path / "resumed" / "config.json").read_text()
     other = small(load_config("quick"), num_members=2, seed=7)
