@@ -33,8 +33,8 @@ def _classic_threefry(fn: Callable) -> Callable:
     """Run `fn` with the classic (non-partitionable) threefry.
 
     A member's random numbers are drawn on the one device that holds the member, so nothing
-    here needs the partitionable variant, and XLA:CPU compiled programs drawing with it ~7x
-    slower (measured: 15 s against 2.3 s to compile the init of three tiny20k members).
+    here needs the partitionable variant, and XLA:CPU compiled programs drawing with it several
+    times slower (an exploratory timing of the init of three tiny20k members).
     """
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
