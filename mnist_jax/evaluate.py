@@ -86,10 +86,13 @@ def _device_name() -> str:
 
 
 def finish_run(config: ml_collections.ConfigDict, workdir: Path, state: Any, model, mesh,
-               strategy: str, test: data.Dataset, *, step: int, wall_time_s: float) -> dict[str, Any]:
-    """Evaluate the finished ensemble on the test split, once, and write the run directory."""
+               strategy: str, predict: Callable, test: data.Dataset, *, step: int,
+               wall_time_s: float) -> dict[str, Any]:
+    """Evaluate the finished ensemble on the test split, once, and write the run directory.
+
+    `predict` is the train loop's compiled validation predictor, reused rather than rebuilt.
+    """
     use_ema = bool(config.ema_decay)
-    predict = engine.make_predict(model, mesh=mesh, strategy=strategy, use_ema=use_ema)
     test_split = device_split(test, mesh, config.eval_batch_size)
     logits = split_logits(predict, state, test_split)
     summary = metrics.summarize(logits, test.labels, prefix="test")

@@ -208,5 +208,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     # The test split is read here, once, after every choice was made on validation.
     test = load_split(config, "test")
-    return evaluate.finish_run(config, workdir, state, model, mesh, strategy, test, step=step,
-                               wall_time_s=wall_time)
+    return evaluate.finish_run(config, workdir, state, model, mesh, strategy, predict, test,
+                               step=step, wall_time_s=wall_time)
