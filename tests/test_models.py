@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mnist_jax import models
-from mnist_jax.models import blocks, resnet_committee
+from mnist_jax.models import blocks
 
 NAMES = models.names()
 WITH_DROPOUT = {"deotte", "tiny20k", "baseline", "baseline_bn"}
@@ -228,13 +228,6 @@ def test_res_block_with_zero_conv_is_batch_norm():
     out, _ = block.apply(variables, x, train=True, mutable=["batch_stats"])
     mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
     np.testing.assert_allclose(out, (x - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-4)
-
-
-def test_max_pool_ceil_keeps_the_partial_window():
-    x = jnp.arange(49.0).reshape(1, 7, 7, 1) - 100.0  # All negative: padding must not win.
-    out = resnet_committee.max_pool_ceil(x, 2)
-    assert out.shape == (1, 4, 4, 1)
-    assert out[0, 3, 3, 0] == x[0, 6, 6, 0] and out[0, 0, 0, 0] == x[0, 1, 1, 0]
 
 
 def test_unknown_name_lists_valid_names():

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mnist_jax import pool
 from mnist_jax.models.blocks import Conv, KERAS_BN, Dtype, flatten, he_normal, keras_init
 from mnist_jax.models.blocks import prepare_input
 
@@ -28,7 +29,7 @@ class Baseline(nn.Module):
             x = Conv(features, (3, 3), padding="SAME", kernel_init=he_normal,
                         dtype=self.dtype, param_dtype=self.param_dtype)(x)
             x = nn.relu(x)
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = pool.max_pool(x, 2)
         x = nn.Dropout(0.25, deterministic=not train)(flatten(x))
         x = nn.Dense(128, kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype)(x)
         x = nn.relu(x)

@@ -14,16 +14,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mnist_jax import pool
 from mnist_jax.models.blocks import Conv, TORCH_BN, Dtype, ResBlock, flatten, prepare_input, torch_init
 
 # Smallest input with a non-empty output: floor, floor, ceil halvings must leave at least 4.
 _MIN_SIZE = 28
-
-
-def max_pool_ceil(x: jax.Array, window: int) -> jax.Array:
-    """Max pooling with PyTorch's ceil_mode=True: a partial last window still gives an output."""
-    pads = [(0, -x.shape[axis] % window) for axis in (1, 2)]
-    return nn.max_pool(x, (window, window), strides=(window, window), padding=pads)
 
 
 class ResNetCommittee(nn.Module):
@@ -42,18 +37,17 @@ class ResNetCommittee(nn.Module):
                                dtype=self.dtype, param_dtype=self.param_dtype)
         res = functools.partial(ResBlock, **TORCH_BN, dtype=self.dtype,
                                 param_dtype=self.param_dtype)
-        pool = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
         w = self.width
 
         x = prepare_input(x, self, min_size=_MIN_SIZE)
         x = nn.relu(conv(w, (5, 5))(x))
-        x = pool(res()(x, train=train))
+        x = pool.max_pool(res()(x, train=train), 2)
         x = bn()(res()(x, train=train))
-        x = pool(nn.relu(conv(2 * w, (3, 3))(x)))
+        x = pool.max_pool(nn.relu(conv(2 * w, (3, 3))(x)), 2)
         x = bn()(res()(x, train=train))
-        x = max_pool_ceil(nn.relu(conv(4 * w, (3, 3))(x)), 2)
+        x = pool.max_pool(nn.relu(conv(4 * w, (3, 3))(x)), 2, ceil_mode=True)
         x = bn()(res()(x, train=train))
-        x = flatten(nn.avg_pool(x, (4, 4), strides=(4, 4)))
+        x = flatten(pool.avg_pool(x, 4))
         x = nn.Dense(self.num_classes, kernel_init=torch_init, dtype=self.dtype,
                      param_dtype=self.param_dtype, name="head")(x)
         return x.astype(jnp.float32)

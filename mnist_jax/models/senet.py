@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mnist_jax import pool
 from mnist_jax.models.blocks import Conv, KERAS_BN, Dtype, SqueezeExcite, he_normal, keras_init
 from mnist_jax.models.blocks import prepare_input
 
@@ -35,7 +36,7 @@ class SENet(nn.Module):
                              param_dtype=self.param_dtype)(x)
             x = SqueezeExcite(self.se_ratio, dtype=self.dtype, param_dtype=self.param_dtype)(x)
             if block > 0:
-                x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+                x = pool.avg_pool(x, 2)
         x = jnp.concatenate([jnp.max(x, axis=(1, 2)), jnp.mean(x, axis=(1, 2))], axis=-1)
         x = nn.Dense(self.num_classes, kernel_init=keras_init, dtype=self.dtype,
                      param_dtype=self.param_dtype, name="head")(x)
