@@ -190,7 +190,7 @@ def test_a_batch_larger_than_the_split_is_refused():
         config_lib.check_batch_fits(config, 512)
 
 
-@pytest.mark.parametrize("name,arg", [("quick", None), ("tiny20k", None), ("senet_ensemble", None),
+@pytest.mark.parametrize("name,arg", [("quick", None), ("cpu_fast", None), ("tiny20k", None), ("senet_ensemble", None),
                                       ("deotte15", None), ("resnet_committee", None),
                                       ("baseline", None), ("simple", "m3"), ("simple", "m5"),
                                       ("simple", "m7")])

@@ -1,0 +1,162 @@
+"""Ensemble test accuracy against wall time for a config (default configs/cpu_fast.py), from scratch.
+
+    python experiments/time_to_accuracy.py --out runs/time_to_accuracy [--budget-minutes 60]
+
+The ensemble grows in waves: wave w is one complete run of the config (its whole schedule, in
+OUT/wave_WW) with seed `seed + w * num_members`, so every wave adds `num_members` new members. After
+wave k the ensemble is all members of waves 0..k, their probabilities averaged with equal weight;
+its test accuracy is plotted at the wall time since this script started: data loading,
+compilation, per-epoch validation, checkpoints, each wave's test evaluation and pictures all
+count. A new wave starts only while the elapsed time plus the previous wave's duration fits in the
+budget. Nothing is chosen from test numbers: the recipe and the wave rule are fixed before the
+run, each wave's test predictions are computed once when that wave ends, and the curve only
+reports them. Peak memory is this process's maximum resident set size (`getrusage`).
+
+Writes OUT/time_to_accuracy.json (every point, the best accuracy reached within 15 and within 60
+minutes, peak memory, machine, load average) and OUT/time_to_accuracy.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from matplotlib.figure import Figure
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mnist_jax import train  # noqa: E402  (the repo on the path first, for a plain checkout)
+from mnist_jax.runfiles import write_bytes, write_json  # noqa: E402
+
+MILESTONES_MIN = (15, 60)
+TARGETS = {15: 0.9960, 60: 0.9970}  # issue 6's targets, drawn on the plot.
+
+
+def load_config(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or not path.is_file():
+        raise SystemExit(f"time_to_accuracy: no config file {path}; pass --config=configs/NAME.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def ensemble_point(waves: list[Path]) -> tuple[float, int]:
+    """Test accuracy and errors of the equal-weight mean of every member's probabilities."""
+    probs, labels = [], None
+    for wave in waves:
+        with np.load(wave / "predictions.npz") as npz:
+            probs.append(npz["probs"])
+            labels = npz["labels"]
+    pred = np.concatenate(probs).mean(axis=0).argmax(-1)
+    return float((pred == labels).mean()), int((pred != labels).sum())
+
+
+def best_within(points: list[dict[str, Any]], minutes: float) -> float | None:
+    reached = [p["test_accuracy"] for p in points if p["wall_time_s"] <= minutes * 60]
+    return max(reached) if reached else None
+
+
+def plot(path: Path, points: list[dict[str, Any]], title: str) -> None:
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    minutes = [p["wall_time_s"] / 60 for p in points]
+    accuracy = [100 * p["test_accuracy"] for p in points]
+    ax.step(minutes, accuracy, where="post", marker="o", label="ensemble (all waves so far)")
+    for members, x, y in zip((p["members"] for p in points), minutes, accuracy):
+        ax.annotate(str(members), (x, y), textcoords="offset points", xytext=(0, 6), ha="center",
+                    fontsize=7)
+    for limit, target in TARGETS.items():
+        ax.plot([limit], [100 * target], marker="*", markersize=12, linestyle="none",
+                label=f"target {100 * target:.2f} % by {limit} min")
+    ax.set_xlabel("wall time since start (min)")
+    ax.set_ylabel("ensemble test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    write_bytes(path, buffer.getvalue())
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    start = time.perf_counter()
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(REPO / "configs" / "cpu_fast.py"))
+    parser.add_argument("--budget-minutes", type=float, default=60.0,
+                        help="start no wave that would end past this (judged by the last wave)")
+    parser.add_argument("--max-waves", type=int, default=1000)
+    parser.add_argument("--out", default="runs/time_to_accuracy")
+    args = parser.parse_args(argv)
+    if args.budget_minutes <= 0 or args.max_waves < 1:
+        parser.error("--budget-minutes must be > 0 and --max-waves >= 1")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        parser.error(f"{out} is not empty: a time-to-accuracy run starts from scratch; "
+                     "pass a new --out folder")
+    base = load_config(Path(args.config))
+    load_before = os.getloadavg()
+
+    points: list[dict[str, Any]] = []
+    waves: list[Path] = []
+    last_duration = 0.0
+    while len(waves) < args.max_waves:
+        elapsed = time.perf_counter() - start
+        if waves and elapsed + last_duration > args.budget_minutes * 60:
+            break
+        config = base.copy_and_resolve_references()
+        config.seed = base.seed + len(waves) * base.num_members
+        wave_dir = out / f"wave_{len(waves):02d}"
+        results = train.train_and_evaluate(config, wave_dir)
+        waves.append(wave_dir)
+        now = time.perf_counter() - start
+        last_duration = now - elapsed
+        accuracy, errors = ensemble_point(waves)
+        points.append({"wave": len(waves) - 1, "members": len(waves) * base.num_members,
+                       "wall_time_s": now, "test_accuracy": accuracy, "test_errors": errors,
+                       "wave_test_accuracy": results["ensemble"]["test_accuracy"],
+                       "wave_val_accuracy": results["ensemble"]["val_accuracy"]})
+        print(f"wave {len(waves) - 1}: {points[-1]['members']} members, {now / 60:.1f} min, "
+              f"ensemble test accuracy {100 * accuracy:.2f} % ({errors} errors)", flush=True)
+
+    summary = {
+        "config": os.path.relpath(args.config, REPO) if Path(args.config).is_absolute() else args.config,
+        "command": " ".join(["python experiments/time_to_accuracy.py", *(argv or sys.argv[1:])]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, {platform.processor() or ''}".strip(", "),
+        "device": f"{jax.device_count()} {jax.devices()[0].platform}",
+        "jax_version": jax.__version__,
+        "budget_minutes": args.budget_minutes,
+        "points": points,
+        **{f"best_within_{m}_min": best_within(points, m) for m in MILESTONES_MIN},
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,  # KiB on Linux
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "total_wall_time_s": time.perf_counter() - start,
+    }
+    write_json(out / "time_to_accuracy.json", summary)
+    plot(out / "time_to_accuracy.png", points,
+         f"{summary['config']}: {summary['machine']}, {summary['date']}")
+    for m in MILESTONES_MIN:
+        best = summary[f"best_within_{m}_min"]
+        print(f"within {m} min: " + ("no wave finished" if best is None else f"{100 * best:.2f} %"))
+    print(f"peak memory {summary['peak_rss_gb']:.2f} GB; wrote {out / 'time_to_accuracy.json'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""experiments/time_to_accuracy.py on a cut-down cpu_fast: waves, the ensemble curve, the files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+SMALL_CPU_FAST = f"""
+import importlib.util
+
+_spec = importlib.util.spec_from_file_location("cpu_fast", {str(REPO / "configs" / "cpu_fast.py")!r})
+_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_module)
+
+
+def get_config():
+    c = _module.get_config()  # the real recipe, on a real-MNIST subset, one short epoch
+    c.train_subset = 256
+    c.validation_size = 200
+    c.batch_size = 64
+    c.num_epochs = 1
+    c.eval_batch_size = 1000
+    return c
+"""
+
+
+@pytest.fixture
+def tta(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(REPO / "experiments"))
+    import time_to_accuracy
+    return time_to_accuracy
+
+
+def test_waves_grow_the_ensemble_and_the_files_say_so(tta, mnist_dir, tmp_path):
+    config = tmp_path / "small_cpu_fast.py"
+    config.write_text(SMALL_CPU_FAST)
+    out = tmp_path / "out"
+    summary = tta.main(["--config", str(config), "--max-waves", "2", "--out", str(out)])
+
+    members = tta.load_config(config).num_members
+    points = summary["points"]
+    assert [p["members"] for p in points] == [members, 2 * members]
+    assert points[0]["wall_time_s"] < points[1]["wall_time_s"] <= summary["total_wall_time_s"]
+    # Each wave is its own run with its own seeds.
+    seeds = [json.loads((out / f"wave_{w:02d}" / "config.json").read_text())["seed"] for w in (0, 1)]
+    assert seeds == [0, members]
+    # The second point is the mean probability of all four members, recomputed here.
+    probs, labels = [], None
+    for w in (0, 1):
+        with np.load(out / f"wave_{w:02d}" / "predictions.npz") as npz:
+            probs.append(npz["probs"])
+            labels = npz["labels"]
+    want = (np.concatenate(probs).mean(0).argmax(-1) == labels).mean()
+    assert points[1]["test_accuracy"] == pytest.approx(want)
+    assert points[0]["test_accuracy"] == pytest.approx(points[0]["wave_test_accuracy"])
+    saved = json.loads((out / "time_to_accuracy.json").read_text())
+    assert saved["points"] == points and saved["peak_rss_gb"] > 0
+    assert saved["best_within_60_min"] == max(p["test_accuracy"] for p in points)
+    assert (out / "time_to_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_used_output_folder_is_refused(tta, tmp_path, capsys):
+    (tmp_path / "old.txt").write_text("an earlier run")
+    with pytest.raises(SystemExit):
+        tta.main(["--out", str(tmp_path)])
+    assert "is not empty" in capsys.readouterr().err
+
+
+def test_best_within_counts_only_points_inside_the_limit(tta):
+    points = [{"wall_time_s": 600.0, "test_accuracy": 0.990},
+              {"wall_time_s": 1200.0, "test_accuracy": 0.995}]
+    assert tta.best_within(points, 15) == 0.990
+    assert tta.best_within(points, 60) == 0.995
+    assert tta.best_within(points, 5) is None
