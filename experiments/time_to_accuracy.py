@@ -85,7 +85,7 @@ def plot(path: Path, points: list[dict[str, Any]], title: str) -> None:
     ax.set_ylabel("ensemble test accuracy (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
