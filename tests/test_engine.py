@@ -66,10 +66,31 @@ def test_members_trained_together_equal_members_trained_alone(data, strategy):
 
 
 def test_strategies_compute_the_same_numbers(data):
+    """After 3 Adam steps, within 2e-4 (the learning rate is 1e-3): vmap runs each conv as one
+    grouped conv and sums in another order, and Adam's m / sqrt(v) turns the rounding of
+    near-zero gradient entries into steps of up to the learning rate's size. The gradients
+    themselves agree to float32 rounding (next test)."""
     unrolled, m_unrolled = train(data, seed=0, num_members=2, strategy="unroll")
     vmapped, m_vmapped = train(data, seed=0, num_members=2, strategy="vmap")
-    assert_trees_close(unrolled["params"], vmapped["params"], rtol=1e-4, atol=1e-5)
+    assert_trees_close(unrolled["params"], vmapped["params"], rtol=1e-4, atol=2e-4)
     np.testing.assert_array_equal(m_unrolled["correct"], m_vmapped["correct"])
+
+
+def test_vmapped_gradients_equal_per_member_gradients():
+    model = models.get("tiny20k", dropout_rate=0.0)
+    x = jax.random.uniform(jax.random.key(0), (2, 64, 28, 28, 1))
+    y = jax.random.randint(jax.random.key(1), (2, 64), 0, 10)
+    members = [model.init(jax.random.key(i), x[0, :1], train=False) for i in range(2)]
+
+    def loss(variables, x, y):
+        logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(y.shape[0]), y])
+
+    vmapped = jax.jit(jax.vmap(jax.grad(loss)))(jax.tree.map(lambda *a: jnp.stack(a), *members), x, y)
+    for i, variables in enumerate(members):
+        alone = jax.jit(jax.grad(loss))(variables, x[i], y[i])
+        for got, want in zip(jax.tree.leaves(member(vmapped, i)), jax.tree.leaves(alone)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
 
 
 def test_members_with_different_seeds_differ(data):
