@@ -11,19 +11,14 @@ project's 2-core CPU while other work shared it:
   fit, and each one took 2.6x as long).
 """
 
-import importlib.util
 from pathlib import Path
 
-
-def _tiny20k_recipe():
-    spec = importlib.util.spec_from_file_location("tiny20k", Path(__file__).with_name("tiny20k.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from mnist_jax import config as config_lib
 
 
 def get_config():
-    c = _tiny20k_recipe()  # its AdamW one-cycle schedule and rotation + shift augmentation
+    # The tiny20k recipe: its AdamW one-cycle schedule and rotation + shift augmentation.
+    c = config_lib.from_file(Path(__file__).with_name("tiny20k.py"))
     c.model_overrides.features = (16, 32, 64)
     c.model_overrides.hidden = 64
     c.model_overrides.dropout_rate = 0.1

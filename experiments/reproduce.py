@@ -11,7 +11,6 @@ numbers evaluated once at the end, all choices made on validation.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import platform
@@ -21,7 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from mnist_jax import train
+from mnist_jax import config as config_lib, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,10 +39,7 @@ SYSTEMS = {
 
 def load_config(spec: str):
     name, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    return config_lib.from_file(REPO / "configs" / f"{name}.py", arg or None)
 
 
 def scaled(config, budget: float):

@@ -19,7 +19,6 @@ minutes, peak memory, machine, load average) and OUT/time_to_accuracy.png.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import os
@@ -37,7 +36,7 @@ from matplotlib.figure import Figure
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mnist_jax import train  # noqa: E402  (the repo on the path first, for a plain checkout)
+from mnist_jax import config as config_lib, train  # noqa: E402  (the repo on the path first, for a plain checkout)
 from mnist_jax.runfiles import write_bytes, write_json  # noqa: E402
 
 MILESTONES_MIN = (15, 60)
@@ -45,12 +44,10 @@ TARGETS = {15: 0.9960, 60: 0.9970}  # issue 6's targets, drawn on the plot.
 
 
 def load_config(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    if spec is None or not path.is_file():
-        raise SystemExit(f"time_to_accuracy: no config file {path}; pass --config=configs/NAME.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    try:
+        return config_lib.from_file(path)
+    except config_lib.ConfigError as e:
+        raise SystemExit(f"time_to_accuracy: {e}") from None
 
 
 def ensemble_point(waves: list[Path]) -> tuple[float, int]:

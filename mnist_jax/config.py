@@ -7,7 +7,9 @@ Configs start from `base_config()` and override fields, so every run has every f
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+from pathlib import Path
 
 import ml_collections
 
@@ -57,6 +59,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.log_every_steps = 50
     return c
+
+
+def from_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config()` (or `get_config(arg)`) of a config file, e.g. configs/tiny20k.py."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: no config file {path}; pass one of configs/*.py")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
