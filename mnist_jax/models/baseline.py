@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from mnist_jax import pool
 from mnist_jax.models.blocks import Conv, KERAS_BN, Dtype, flatten, he_normal, keras_init
-from mnist_jax.models.blocks import prepare_input
+from mnist_jax.models.blocks import BatchNorm, prepare_input
 
 
 class Baseline(nn.Module):
@@ -34,7 +34,7 @@ class Baseline(nn.Module):
         x = nn.Dense(128, kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype)(x)
         x = nn.relu(x)
         if self.batch_norm:
-            x = nn.BatchNorm(use_running_average=not train, **KERAS_BN, dtype=self.dtype,
+            x = BatchNorm(use_running_average=not train, **KERAS_BN, dtype=self.dtype,
                              param_dtype=self.param_dtype)(x)
         x = nn.Dropout(0.5, deterministic=not train)(x)
         x = nn.Dense(self.num_classes, kernel_init=keras_init, dtype=self.dtype,

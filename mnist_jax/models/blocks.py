@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from mnist_jax import conv
+from mnist_jax.norm import BatchNorm
 
 Dtype = Any
 
@@ -74,8 +75,8 @@ class ConvBNAct(nn.Module):
         x = Conv(self.features, (k, k), padding=self.padding, use_bias=self.use_bias,
                     kernel_init=self.kernel_init, dtype=self.dtype,
                     param_dtype=self.param_dtype)(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
-                         epsilon=self.epsilon, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        x = BatchNorm(use_running_average=not train, momentum=self.momentum,
+                      epsilon=self.epsilon, dtype=self.dtype, param_dtype=self.param_dtype)(x)
         return nn.relu(x)
 
 
@@ -115,8 +116,8 @@ class ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
-                         epsilon=self.epsilon, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        x = BatchNorm(use_running_average=not train, momentum=self.momentum,
+                      epsilon=self.epsilon, dtype=self.dtype, param_dtype=self.param_dtype)(x)
         y = Conv(x.shape[-1], (3, 3), padding="SAME", kernel_init=torch_init,
                     dtype=self.dtype, param_dtype=self.param_dtype)(x)
         return x + nn.relu(y)

@@ -12,7 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mnist_jax.models.blocks import Conv, KERAS_BN, Dtype, flatten, keras_init, prepare_input
+from mnist_jax.models.blocks import BatchNorm, Conv, KERAS_BN, Dtype, flatten, keras_init
+from mnist_jax.models.blocks import prepare_input
 
 # Smallest input with a non-empty output: 25 -> 23 -> 21 -> 11 -> 9 -> 7 -> 4 -> 1.
 _MIN_SIZE = 25
@@ -30,7 +31,7 @@ class Deotte(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         conv = functools.partial(Conv, kernel_init=keras_init, dtype=self.dtype,
                                  param_dtype=self.param_dtype)
-        bn = functools.partial(nn.BatchNorm, use_running_average=not train, **KERAS_BN,
+        bn = functools.partial(BatchNorm, use_running_average=not train, **KERAS_BN,
                                dtype=self.dtype, param_dtype=self.param_dtype)
         dropout = functools.partial(nn.Dropout, self.dropout_rate, deterministic=not train)
 

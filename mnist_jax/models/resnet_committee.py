@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from mnist_jax import pool
-from mnist_jax.models.blocks import Conv, TORCH_BN, Dtype, ResBlock, flatten, prepare_input, torch_init
+from mnist_jax.models.blocks import BatchNorm, Conv, TORCH_BN, Dtype, ResBlock, flatten
+from mnist_jax.models.blocks import prepare_input, torch_init
 
 # Smallest input with a non-empty output: floor, floor, ceil halvings must leave at least 4.
 _MIN_SIZE = 28
@@ -33,7 +34,7 @@ class ResNetCommittee(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         conv = functools.partial(Conv, padding="SAME", kernel_init=torch_init,
                                  dtype=self.dtype, param_dtype=self.param_dtype)
-        bn = functools.partial(nn.BatchNorm, use_running_average=not train, **TORCH_BN,
+        bn = functools.partial(BatchNorm, use_running_average=not train, **TORCH_BN,
                                dtype=self.dtype, param_dtype=self.param_dtype)
         res = functools.partial(ResBlock, **TORCH_BN, dtype=self.dtype,
                                 param_dtype=self.param_dtype)

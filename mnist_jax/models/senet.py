@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from mnist_jax import pool
 from mnist_jax.models.blocks import Conv, KERAS_BN, Dtype, SqueezeExcite, he_normal, keras_init
-from mnist_jax.models.blocks import prepare_input
+from mnist_jax.models.blocks import BatchNorm, prepare_input
 
 
 class SENet(nn.Module):
@@ -32,7 +32,7 @@ class SENet(nn.Module):
                 x = Conv(self.filters, (3, 3), padding="SAME", kernel_init=he_normal,
                             dtype=self.dtype, param_dtype=self.param_dtype)(x)
                 x = nn.relu(x)
-            x = nn.BatchNorm(use_running_average=not train, **KERAS_BN, dtype=self.dtype,
+            x = BatchNorm(use_running_average=not train, **KERAS_BN, dtype=self.dtype,
                              param_dtype=self.param_dtype)(x)
             x = SqueezeExcite(self.se_ratio, dtype=self.dtype, param_dtype=self.param_dtype)(x)
             if block > 0:

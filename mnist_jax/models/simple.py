@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from mnist_jax.models.blocks import TORCH_BN, ConvBNAct, Dtype, flatten, prepare_input
-from mnist_jax.models.blocks import torch_init
+from mnist_jax.models.blocks import BatchNorm, torch_init
 
 M3 = {"kernel_size": 3, "features": tuple(range(32, 177, 16))}
 M5 = {"kernel_size": 5, "features": (32, 64, 96, 128, 160)}
@@ -37,6 +37,6 @@ class SimpleNet(nn.Module):
                           dtype=self.dtype, param_dtype=self.param_dtype)(x, train=train)
         x = nn.Dense(self.num_classes, use_bias=False, kernel_init=torch_init, dtype=self.dtype,
                      param_dtype=self.param_dtype, name="head")(flatten(x))
-        x = nn.BatchNorm(use_running_average=not train, **TORCH_BN, dtype=self.dtype,
+        x = BatchNorm(use_running_average=not train, **TORCH_BN, dtype=self.dtype,
                          param_dtype=self.param_dtype)(x)
         return x.astype(jnp.float32)
