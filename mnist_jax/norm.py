@@ -1,8 +1,9 @@
 """`BatchNorm`: flax's BatchNorm, with training-mode statistics and gradient XLA:CPU runs fast.
 
 XLA:CPU runs a per-channel sum over batch x height x width slowly (as `reduce-window` chains;
-without that rewrite the plain reduce is as slow), and BatchNorm has four per layer (mean and mean square forward; sum(g) and sum(g * x_hat) backward):
-they were ~40 % of a widened tiny20k train step. Here each per-channel sum is a matrix product
+without that rewrite the plain reduce is as slow), and BatchNorm has four per layer (mean and
+mean square forward; sum(g) and sum(g * x_hat) backward): they were ~40 % of a widened tiny20k
+train step. Here each per-channel sum is a matrix product
 with a vector of ones, which XLA:CPU hands to its matmul kernels, and the backward pass is the
 closed form of BatchNorm's gradient, so there are exactly two sums each way. On GPU/TPU the sums
 are plain reductions (`lax.platform_dependent`), and the formulas are the same everywhere.
