@@ -35,7 +35,7 @@ class Baseline(nn.Module):
         x = nn.relu(x)
         if self.batch_norm:
             x = BatchNorm(use_running_average=not train, **KERAS_BN, dtype=self.dtype,
-                             param_dtype=self.param_dtype)(x)
+                          param_dtype=self.param_dtype)(x)
         x = nn.Dropout(0.5, deterministic=not train)(x)
         x = nn.Dense(self.num_classes, kernel_init=keras_init, dtype=self.dtype,
                      param_dtype=self.param_dtype, name="head")(x)

@@ -33,7 +33,7 @@ class SENet(nn.Module):
                             dtype=self.dtype, param_dtype=self.param_dtype)(x)
                 x = nn.relu(x)
             x = BatchNorm(use_running_average=not train, **KERAS_BN, dtype=self.dtype,
-                             param_dtype=self.param_dtype)(x)
+                          param_dtype=self.param_dtype)(x)
             x = SqueezeExcite(self.se_ratio, dtype=self.dtype, param_dtype=self.param_dtype)(x)
             if block > 0:
                 x = pool.avg_pool(x, 2)

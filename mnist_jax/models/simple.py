@@ -38,5 +38,5 @@ class SimpleNet(nn.Module):
         x = nn.Dense(self.num_classes, use_bias=False, kernel_init=torch_init, dtype=self.dtype,
                      param_dtype=self.param_dtype, name="head")(flatten(x))
         x = BatchNorm(use_running_average=not train, **TORCH_BN, dtype=self.dtype,
-                         param_dtype=self.param_dtype)(x)
+                      param_dtype=self.param_dtype)(x)
         return x.astype(jnp.float32)
