@@ -11,15 +11,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 SMALL_CPU_FAST = f"""
-import importlib.util
-
-_spec = importlib.util.spec_from_file_location("cpu_fast", {str(REPO / "configs" / "cpu_fast.py")!r})
-_module = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_module)
+from mnist_jax import config as config_lib
 
 
 def get_config():
-    c = _module.get_config()  # the real recipe, on a real-MNIST subset, one short epoch
+    # the real recipe, on a real-MNIST subset, one short epoch
+    c = config_lib.from_file({str(REPO / "configs" / "cpu_fast.py")!r})
     c.train_subset = 256
     c.validation_size = 200
     c.batch_size = 64

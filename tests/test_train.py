@@ -1,6 +1,5 @@
 """The train loop end to end on real MNIST subsets: resume, refusal, divergence, honest protocol."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,10 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_config(name: str, arg: str | None = None):
-    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    return config_lib.from_file(REPO / "configs" / f"{name}.py", arg)
 
 
 def small(config, **overrides):
