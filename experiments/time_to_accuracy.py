@@ -22,7 +22,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import resource
 import sys
 import time
@@ -36,7 +35,7 @@ from matplotlib.figure import Figure
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mnist_jax import config as config_lib, train  # noqa: E402  (the repo on the path first, for a plain checkout)
+from mnist_jax import config as config_lib, evaluate, train  # noqa: E402  (the repo on the path first, for a plain checkout)
 from mnist_jax.runfiles import write_bytes, write_json  # noqa: E402
 
 MILESTONES_MIN = (15, 60)
@@ -134,8 +133,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": os.path.relpath(args.config, REPO) if Path(args.config).is_absolute() else args.config,
         "command": " ".join(["python experiments/time_to_accuracy.py", *(argv or sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, {platform.processor() or ''}".strip(", "),
-        "device": f"{jax.device_count()} {jax.devices()[0].platform}",
+        "machine": f"{os.cpu_count()} CPU cores, {evaluate.cpu_model()}",
+        "device": evaluate.device_description(),
         "jax_version": jax.__version__,
         "budget_minutes": args.budget_minutes,
         "points": points,

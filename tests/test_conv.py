@@ -1,11 +1,6 @@
 """conv.conv_general_dilated: lax's forward pass and kernel gradient exactly, lax's input gradient
 to float32 rounding."""
 
-import importlib.metadata
-import os
-import subprocess
-import sys
-
 import flax.linen as nn
 import jax
 from jax import lax
@@ -122,25 +117,3 @@ def test_unsupported_convolutions_are_lax():
     grads, grads_ref = (jax.jit(jax.grad(f, (0, 1)))(x, w) for f in (ours, ref))
     for got, want in zip(grads, grads_ref):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-
-
-def _compiled_conv_hlo(env: dict[str, str]) -> str:
-    code = ("import mnist_jax, jax, jax.numpy as jnp\n"
-            "x, w = jnp.zeros((128, 26, 26, 32)), jnp.zeros((3, 3, 32, 32))\n"
-            "f = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), 'VALID', "
-            "dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
-            "print(jax.jit(f).lower(x, w).compile().as_text())\n")
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                            check=True)
-    return result.stdout
-
-
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU flag")
-def test_importing_mnist_jax_keeps_convolutions_on_xla_cpu():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    if not importlib.metadata.version("jaxlib").startswith("0.10."):
-        pytest.skip("the flag is set only for the jaxlib version it was measured on")
-    assert "ynn_fusion" not in _compiled_conv_hlo(env)
-    # A user's own choice wins: asking for YNNPACK convolutions gets them.
-    user = {**env, "XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=individual_convolution"}
-    assert "ynn_fusion" in _compiled_conv_hlo(user)

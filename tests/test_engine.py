@@ -89,8 +89,12 @@ def test_vmapped_gradients_equal_per_member_gradients():
     vmapped = jax.jit(jax.vmap(jax.grad(loss)))(jax.tree.map(lambda *a: jnp.stack(a), *members), x, y)
     for i, variables in enumerate(members):
         alone = jax.jit(jax.grad(loss))(variables, x[i], y[i])
+        # Rounding is judged against the member's largest gradient, not each leaf's own: a conv
+        # bias followed by training-mode BatchNorm has an exactly-zero gradient, so its computed
+        # value is pure rounding noise (~1e-7 here) that a per-leaf scale would call a mismatch.
+        scale = max(float(np.abs(leaf).max()) for leaf in jax.tree.leaves(alone))
         for got, want in zip(jax.tree.leaves(member(vmapped, i)), jax.tree.leaves(alone)):
-            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_members_with_different_seeds_differ(data):

@@ -1,0 +1,43 @@
+"""The XLA:CPU flags `import mnist_jax` sets, each checked in a fresh process (XLA reads them once)."""
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU flags")
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+
+def _run(code: str, env: dict[str, str]) -> str:
+    result = subprocess.run([sys.executable, "-c", "import mnist_jax, jax, jax.numpy as jnp\n" + code],
+                            env=env, capture_output=True, text=True, check=True)
+    return result.stdout
+
+
+def _compiled_conv_hlo(env: dict[str, str]) -> str:
+    return _run("x, w = jnp.zeros((128, 26, 26, 32)), jnp.zeros((3, 3, 32, 32))\n"
+                "f = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), 'VALID', "
+                "dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
+                "print(jax.jit(f).lower(x, w).compile().as_text())\n", env)
+
+
+def test_importing_mnist_jax_keeps_convolutions_on_xla_cpu():
+    if not importlib.metadata.version("jaxlib").startswith("0.10."):
+        pytest.skip("the flag is set only for the jaxlib version it was measured on")
+    assert "ynn_fusion" not in _compiled_conv_hlo(CLEAN_ENV)
+    # A user's own choice wins: asking for YNNPACK convolutions gets them.
+    user = {**CLEAN_ENV, "XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=individual_convolution"}
+    assert "ynn_fusion" in _compiled_conv_hlo(user)
+
+
+def test_importing_mnist_jax_gives_one_cpu_device_per_core():
+    count = "print(jax.device_count())"
+    assert int(_run(count, CLEAN_ENV)) == len(os.sched_getaffinity(0))
+    # A user's own device count wins, through XLA_FLAGS or through JAX's own option.
+    user = {**CLEAN_ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=3"}
+    assert int(_run(count, user)) == 3
+    assert int(_run(count, {**CLEAN_ENV, "JAX_NUM_CPU_DEVICES": "5"})) == 5
