@@ -18,6 +18,7 @@ per-epoch validation as metrics.jsonl records it. 2026-11-22, 2-core AMD EPYC, s
 - 16-32-64 / 64, 12 epochs: 99.60 %, 0.0195, 246 s;
 - 24-48-96 / 96, 8 epochs: 99.62 %, 0.0185, 258 s: the lowest NLL for about the time of 12
   epochs of the narrower net, so it replaced 16-32-64 / 64.
+"""
 
 from pathlib import Path
 
