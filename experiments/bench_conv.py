@@ -6,7 +6,8 @@ For each convolution of the model zoo: jit(value_and_grad(sum(conv(x, w)))) w.r.
 both versions timed ALTERNATELY in one process (the machine is shared and noisy, so only the
 ratio is trustworthy), median of `--repeats`; GFLOP/s counts 3 convolutions' worth of work.
 PyTorch's fwd+bwd of the same conv is printed too when torch is installed. Then whole-model
-train-step gradients (tiny20k, senet filters=32) with every flax nn.Conv switched to ours.
+train-step gradients with the zoo's `models.blocks.Conv` (this module's gradients and
+`conv.bias_add`) against the same models built with plain `flax.linen.Conv`.
 """
 
 from __future__ import annotations
@@ -15,18 +16,22 @@ import argparse
 from collections.abc import Callable, Iterator
 import contextlib
 import statistics
+import sys
 import time
-import types
 
-import flax.linen.linear
+import flax.linen
 import jax
 from jax import lax
 import jax.numpy as jnp
 import optax
 
 from mnist_jax import conv, models
+from mnist_jax.models import blocks
 
 DN = ("NHWC", "HWIO", "NHWC")
+# Whole models for the train-step comparison: the cheap widths of the bench_throughput table.
+MODELS = [("tiny20k", {}), ("deotte", {}), ("senet", {"filters": 32}),
+          ("resnet_committee", {"width": 32})]
 
 # (models that have it, input size, in channels, out channels, kernel, stride, padding).
 SHAPES = [
@@ -120,45 +125,50 @@ def bench_convs(batch: int, repeats: int, only: str) -> None:
 
 
 @contextlib.contextmanager
-def flax_convs_use(fn: Callable) -> Iterator[None]:
-    """Every nn.Conv without its own `conv_general_dilated` calls `fn` (measurement only).
+def zoo_convs_are_flax() -> Iterator[None]:
+    """Every `models.blocks.Conv` of the zoo is plain `flax.linen.Conv` (measurement only).
 
-    flax falls back to `lax.conv_general_dilated` through its module's `lax` name: swap that
-    name for a view of lax with `fn` in place, so no model file has to change.
+    Same parameters and initial values (tests/test_conv.py checks it), lax's own gradients. The
+    model files import `Conv` by name, so the name is swapped in each of them.
     """
-    original = flax.linen.linear.lax
-    patched = types.SimpleNamespace(**{k: getattr(lax, k) for k in dir(lax)
-                                       if not k.startswith("__")})
-    patched.conv_general_dilated = fn
-    flax.linen.linear.lax = patched
+    modules = [blocks, *(sys.modules[m] for m in list(sys.modules)
+                         if m.startswith("mnist_jax.models.") and hasattr(sys.modules[m], "Conv"))]
+    originals = [m.Conv for m in modules]
+    for m in modules:
+        m.Conv = flax.linen.Conv
     try:
         yield
     finally:
-        flax.linen.linear.lax = original
+        for m, original in zip(modules, originals):
+            m.Conv = original
 
 
 def bench_models(batch: int, repeats: int) -> None:
     print(f"\ntrain-step gradient (jit grad of cross-entropy), batch {batch}, median of {repeats}")
     images = jax.random.uniform(jax.random.key(0), (batch, 28, 28, 1))
     labels = jax.random.randint(jax.random.key(1), (batch,), 0, 10)
-    for name, overrides in (("tiny20k", {}), ("senet", {"filters": 32})):
-        model = models.get(name, **overrides)
-        variables = model.init({"params": jax.random.key(2), "dropout": jax.random.key(3)},
-                               images, train=False)
+    for name, overrides in MODELS:
+        def grad_fn():
+            model = models.get(name, **overrides)
+            variables = model.init({"params": jax.random.key(2), "dropout": jax.random.key(3)},
+                                   images, train=False)
 
-        def loss(params):
-            logits, _ = model.apply({**variables, "params": params}, images, train=True,
-                                    rngs={"dropout": jax.random.key(4)}, mutable=["batch_stats"])
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            def loss(params):
+                logits, _ = model.apply({**variables, "params": params}, images, train=True,
+                                        rngs={"dropout": jax.random.key(4)}, mutable=["batch_stats"])
+                return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-        default = jax.jit(jax.grad(loss))
-        with flax_convs_use(conv.conv_general_dilated):
-            ours = jax.jit(jax.grad(loss))
-            jax.block_until_ready(ours(variables["params"]))  # Trace while patched.
-        t = time_alternating({"lax": default, "ours": ours}, (variables["params"],), repeats)
+            fn = jax.jit(jax.grad(loss))
+            jax.block_until_ready(fn(variables["params"]))  # traced while the names are swapped.
+            return fn, variables["params"]
+
+        ours, params = grad_fn()
+        with zoo_convs_are_flax():
+            flax_fn, _ = grad_fn()
+        t = time_alternating({"flax": flax_fn, "ours": ours}, (params,), repeats)
         label = name + "".join(f" {k}={v}" for k, v in overrides.items())
-        print(f"{label:20} lax {t['lax'] * 1e3:7.1f} ms  ours {t['ours'] * 1e3:7.1f} ms  "
-              f"speedup {t['lax'] / t['ours']:.2f}x", flush=True)
+        print(f"{label:24} flax.linen.Conv {t['flax'] * 1e3:7.1f} ms  blocks.Conv {t['ours'] * 1e3:7.1f} ms  "
+              f"speedup {t['flax'] / t['ours']:.2f}x", flush=True)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mnist_jax import conv
+from mnist_jax.models import blocks
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -117,3 +118,41 @@ def test_unsupported_convolutions_are_lax():
     grads, grads_ref = (jax.jit(jax.grad(f, (0, 1)))(x, w) for f in (ours, ref))
     for got, want in zip(grads, grads_ref):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.parametrize("fields", [
+    {"features": 8, "kernel_size": (3, 3)},
+    {"features": 8, "kernel_size": (5, 5), "strides": (2, 2), "padding": "SAME"},
+    {"features": 8, "kernel_size": (3, 3), "strides": 2, "padding": ((1, 2), (0, 1))},
+    {"features": 8, "kernel_size": (4, 4), "padding": "VALID", "use_bias": False},
+], ids=str)
+def test_zoo_conv_is_flax_conv(fields):
+    """blocks.Conv: flax's parameters (names, shapes, initial values), outputs and gradients."""
+    x = jax.random.normal(jax.random.key(0), (4, 10, 10, 3))
+    ours, flax_conv = blocks.Conv(**fields), nn.Conv(**fields)
+    params = flax_conv.init(jax.random.key(1), x)
+    mine = ours.init(jax.random.key(1), x)
+    assert jax.tree.structure(mine) == jax.tree.structure(params)
+    for got, want in zip(jax.tree.leaves(mine), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(got, want)
+    params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias
+
+    def grads(model):
+        loss = lambda p, x: jnp.sum(jnp.sin(model.apply(p, x)))
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+
+    for got, want in zip(jax.tree.leaves(grads(ours)), jax.tree.leaves(grads(flax_conv))):
+        _assert_close(got, want)
+
+
+def test_bias_add_gradient_is_the_channel_sum_in_the_bias_dtype():
+    y = jax.random.normal(jax.random.key(0), (3, 5, 5, 4), jnp.bfloat16)
+    bias = jnp.arange(4, dtype=jnp.bfloat16)
+    g = jax.random.normal(jax.random.key(1), y.shape, jnp.bfloat16)
+    out, vjp = jax.vjp(conv.bias_add, y, bias)
+    np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(y + bias, np.float32))
+    g_y, g_bias = vjp(g)
+    assert g_bias.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(g_y, np.float32), np.asarray(g, np.float32))
+    np.testing.assert_allclose(np.asarray(g_bias, np.float32),
+                               np.asarray(g, np.float64).sum(axis=(0, 1, 2)), rtol=1e-2, atol=1e-2)

@@ -1,6 +1,5 @@
 """Building blocks and framework conventions shared by the model zoo."""
 
-import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -12,9 +11,6 @@ from mnist_jax.norm import BatchNorm
 
 Dtype = Any
 
-# Every conv of the zoo: flax's, with the kernel and stride-2 input gradients that XLA:CPU runs
-# several times faster (mnist_jax.conv); the same numbers, and lax's own gradients on GPU/TPU.
-Conv = functools.partial(nn.Conv, conv_general_dilated=conv.conv_general_dilated)
 
 # BatchNorm conventions of the frameworks the models come from. Flax `momentum` is the weight
 # of the old running average, i.e. 1 - PyTorch's `momentum`.
@@ -27,6 +23,38 @@ he_normal = nn.initializers.he_normal()  # Keras "he_normal": truncated normal, 
 # PyTorch Conv2d / Linear default kaiming_uniform(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in)). Biases
 # start at zero here (PyTorch draws them from the same range; immaterial for training).
 torch_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+class Conv(nn.Module):
+    """flax.linen.Conv for NHWC images, with the gradients XLA:CPU runs faster (mnist_jax.conv).
+
+    Every conv of the zoo. Same fields (those the zoo uses), parameter names, shapes, creation
+    order and so initial values as `nn.Conv`, so checkpoints and published parameter counts carry
+    over; the strided-conv input gradient and the bias gradient are mnist_jax.conv's (the same
+    numbers; plain lax on GPU/TPU).
+    """
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: int | tuple[int, int] = 1
+    padding: str | tuple[tuple[int, int], tuple[int, int]] = "SAME"
+    use_bias: bool = True
+    kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
+    bias_init: Callable[..., jax.Array] = nn.initializers.zeros_init()
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init,
+                            (*self.kernel_size, x.shape[-1], self.features), self.param_dtype)
+        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+                if self.use_bias else None)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
+        y = conv.conv_general_dilated(x, kernel, strides, self.padding,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y if bias is None else conv.bias_add(y, bias)
 
 
 def prepare_input(x: jax.Array, model: nn.Module, *, min_size: int) -> jax.Array:
