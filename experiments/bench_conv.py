@@ -1,13 +1,14 @@
 """Forward+backward speed of `conv.conv_general_dilated` against `lax.conv_general_dilated`.
 
-    python experiments/bench_conv.py [--batch 128] [--repeats 5] [--only senet] [--no-models]
+    python experiments/bench_conv.py [--batch 128] [--repeats 5] [--only senet] \
+        [--no-convs | --no-models]
 
 For each convolution of the model zoo: jit(value_and_grad(sum(conv(x, w)))) w.r.t. x and w,
 both versions timed ALTERNATELY in one process (the machine is shared and noisy, so only the
 ratio is trustworthy), median of `--repeats`; GFLOP/s counts 3 convolutions' worth of work.
-PyTorch's fwd+bwd of the same conv is printed too when torch is installed. Then whole-model
-train-step gradients with the zoo's `models.blocks.Conv` (this module's gradients and
-`conv.bias_add`) against the same models built with plain `flax.linen.Conv`.
+PyTorch's fwd+bwd of the same conv (channels-last) is printed too when torch is installed.
+Then whole-model train-step gradients with the zoo's `models.blocks.Conv` (this module's
+gradients and `conv.bias_add`) against the same models built with plain `flax.linen.Conv`.
 """
 
 from __future__ import annotations
@@ -79,14 +80,19 @@ def torch_seconds(batch: int, shape: tuple, repeats: int) -> float | None:
     except ImportError:
         return None
     _, size, cin, cout, k, s, padding = shape
-    x = torch.randn(batch, cin, size, size, requires_grad=True)
-    w = torch.randn(cout, cin, k, k, requires_grad=True)
+    # Channels-last, as bench_throughput's PyTorch peer runs these nets.
+    x = torch.randn(batch, cin, size, size).to(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(cout, cin, k, k).to(memory_format=torch.channels_last).requires_grad_()
     pads = lax.padtype_to_pads((size, size), (k, k), (s, s), padding)
-    # PyTorch pads symmetrically: put any extra trailing row / column in by hand.
+    symmetric = all(lo == hi for lo, hi in pads)
+    # PyTorch pads symmetrically: an uneven padding is put in by hand.
     pad_lr = [p for lo_hi in reversed(pads) for p in lo_hi]
 
     def step():
-        y = torch.nn.functional.conv2d(torch.nn.functional.pad(x, pad_lr), w, stride=s)
+        if symmetric:
+            y = torch.nn.functional.conv2d(x, w, stride=s, padding=tuple(lo for lo, _ in pads))
+        else:
+            y = torch.nn.functional.conv2d(torch.nn.functional.pad(x, pad_lr), w, stride=s)
         y.sum().backward()
 
     step()
@@ -155,7 +161,8 @@ def bench_models(batch: int, repeats: int) -> None:
 
             def loss(params):
                 logits, _ = model.apply({**variables, "params": params}, images, train=True,
-                                        rngs={"dropout": jax.random.key(4)}, mutable=["batch_stats"])
+                                        rngs={"dropout": jax.random.key(4)},
+                                        mutable=["batch_stats"])
                 return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
             fn = jax.jit(jax.grad(loss))
@@ -167,8 +174,9 @@ def bench_models(batch: int, repeats: int) -> None:
             flax_fn, _ = grad_fn()
         t = time_alternating({"flax": flax_fn, "ours": ours}, (params,), repeats)
         label = name + "".join(f" {k}={v}" for k, v in overrides.items())
-        print(f"{label:24} flax.linen.Conv {t['flax'] * 1e3:7.1f} ms  blocks.Conv {t['ours'] * 1e3:7.1f} ms  "
-              f"speedup {t['flax'] / t['ours']:.2f}x", flush=True)
+        print(f"{label:26} flax.linen.Conv {t['flax'] * 1e3:7.1f} ms  "
+              f"blocks.Conv {t['ours'] * 1e3:7.1f} ms  speedup {t['flax'] / t['ours']:.2f}x",
+              flush=True)
 
 
 def main() -> None:
@@ -176,9 +184,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", default="", help="only conv shapes of models matching this")
+    parser.add_argument("--no-convs", action="store_true", help="skip the per-conv timing")
     parser.add_argument("--no-models", action="store_true", help="skip the whole-model timing")
     args = parser.parse_args()
-    bench_convs(args.batch, args.repeats, args.only)
+    if not args.no_convs:
+        bench_convs(args.batch, args.repeats, args.only)
     if not args.no_models:
         bench_models(args.batch, args.repeats)
 

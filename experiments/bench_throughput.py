@@ -394,7 +394,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     meta = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": len(jax.devices()),
-            "cpu_count": os.cpu_count(), "cpu_model": evaluate.cpu_model(), "platform": platform.platform(), "strategy": args.strategy,
+            "cpu_count": os.cpu_count(), "cpu_model": evaluate.cpu_model(),
+            "platform": platform.platform(), "strategy": args.strategy,
             "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup,
             "optimizer": {"name": "adam", "learning_rate": LEARNING_RATE, "eps": ADAM_EPS},
             "load_average_before": os.getloadavg()}

@@ -29,8 +29,8 @@ def _one_cpu_device_per_core(flags: str) -> str:
 
     The engine splits the member axis over all devices; with one CPU device, M members run one
     after another, each step's small ops leaving cores idle. With a device per core, 4 tiny20k
-    members trained 1.3x faster in total (README, "Speed"). Single-device programs are unchanged:
-    they still run on device 0 with every core. `jax_num_cpu_devices` wins over this flag.
+    members trained 1.2-1.3x faster in total (README, "Speed"). Single-device programs are
+    unchanged: they still run on device 0 with every core. `jax_num_cpu_devices` wins over this.
     """
     if "xla_force_host_platform_device_count" in flags:
         return flags

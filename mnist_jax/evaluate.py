@@ -94,7 +94,8 @@ def cpu_model() -> str:
 def device_description() -> str:
     """'2 x cpu (cpu, x86_64, Intel(R) Xeon(R) Processor)': the devices a run used, and the host."""
     d = jax.devices()[0]
-    return f"{jax.device_count()} x {d.device_kind} ({d.platform}, {platform.machine()}, {cpu_model()})"
+    host = f"{platform.machine()}, {cpu_model()}"
+    return f"{jax.device_count()} x {d.device_kind} ({d.platform}, {host})"
 
 
 def finish_run(config: ml_collections.ConfigDict, workdir: Path, state: Any, model, mesh,

@@ -11,7 +11,6 @@ from mnist_jax.norm import BatchNorm
 
 Dtype = Any
 
-
 # BatchNorm conventions of the frameworks the models come from. Flax `momentum` is the weight
 # of the old running average, i.e. 1 - PyTorch's `momentum`.
 KERAS_BN = {"momentum": 0.99, "epsilon": 1e-3}
@@ -35,7 +34,7 @@ class Conv(nn.Module):
     """
 
     features: int
-    kernel_size: tuple[int, int]
+    kernel_size: int | tuple[int, int]
     strides: int | tuple[int, int] = 1
     padding: str | tuple[tuple[int, int], tuple[int, int]] = "SAME"
     use_bias: bool = True
@@ -46,8 +45,9 @@ class Conv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", self.kernel_init,
-                            (*self.kernel_size, x.shape[-1], self.features), self.param_dtype)
+        window = (self.kernel_size,) * 2 if isinstance(self.kernel_size, int) else self.kernel_size
+        kernel = self.param("kernel", self.kernel_init, (*window, x.shape[-1], self.features),
+                            self.param_dtype)
         bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
