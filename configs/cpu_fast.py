@@ -12,9 +12,11 @@ per-epoch validation as metrics.jsonl records it. 2026-11-22, 2-core AMD EPYC, s
 - 32-64-128 / hidden 128, 5 epochs: val 99.52 % after 663 s (4x the FLOPs per image).
 2026-11-22 after the faster BatchNorm, machine otherwise idle: 16-32-64 with 16 epochs reached
 99.58 % after 12.0 min, one validation image more than with 8, for twice the time.
-2026-11-25, 2-core Intel Xeon (AVX-512), machine otherwise idle, one CPU device per core unless said:
+2026-11-25, 2-core Intel Xeon (AVX-512), machine otherwise idle, one CPU device per core unless
+said:
 - 16-32-64 / 64, 8 epochs (one CPU device): val 99.58 %, NLL 0.0201, 212 s;
-- the same + zoom 0.1: 99.56 %, 0.0201, 171 s; + zoom 0.15 and rotation 15: 99.42 %, 0.0210, 165 s;
+- the same + zoom 0.1: 99.56 %, 0.0201, 171 s;
+- the same + zoom 0.15 and rotation 15 (not 10): 99.42 %, 0.0210, 165 s;
 - 16-32-64 / 64, 12 epochs: 99.60 %, 0.0195, 246 s;
 - 24-48-96 / 96, 8 epochs: 99.62 %, 0.0185, 258 s: the lowest NLL for about the time of 12
   epochs of the narrower net, so it replaced 16-32-64 / 64.
