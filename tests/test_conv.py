@@ -1,5 +1,5 @@
 """conv.conv_general_dilated: lax's forward pass and kernel gradient exactly, lax's input gradient
-to float32 rounding."""
+to float32 rounding; conv.bias_add and models.blocks.Conv: flax's nn.Conv to float32 rounding."""
 
 import flax.linen as nn
 import jax

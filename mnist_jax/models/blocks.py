@@ -24,6 +24,10 @@ he_normal = nn.initializers.he_normal()  # Keras "he_normal": truncated normal, 
 torch_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
 
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
 class Conv(nn.Module):
     """flax.linen.Conv for NHWC images, with the gradients XLA:CPU runs faster (mnist_jax.conv).
 
@@ -45,14 +49,12 @@ class Conv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        window = (self.kernel_size,) * 2 if isinstance(self.kernel_size, int) else self.kernel_size
-        kernel = self.param("kernel", self.kernel_init, (*window, x.shape[-1], self.features),
-                            self.param_dtype)
+        kernel = self.param("kernel", self.kernel_init,
+                            (*_pair(self.kernel_size), x.shape[-1], self.features), self.param_dtype)
         bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
-        y = conv.conv_general_dilated(x, kernel, strides, self.padding,
+        y = conv.conv_general_dilated(x, kernel, _pair(self.strides), self.padding,
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y if bias is None else conv.bias_add(y, bias)
 
