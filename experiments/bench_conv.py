@@ -26,8 +26,10 @@ from jax import lax
 import jax.numpy as jnp
 import optax
 
-from mnist_jax import conv, models
+from mnist_jax import models
+from mnist_jax.ops import conv
 from mnist_jax.models import blocks
+from mnist_jax.platform import configure_cpu
 
 DN = ("NHWC", "HWIO", "NHWC")
 # Whole models for the train-step comparison: the cheap widths of the bench_throughput table.
@@ -180,6 +182,7 @@ def bench_models(batch: int, repeats: int) -> None:
 
 
 def main() -> None:
+    configure_cpu()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)

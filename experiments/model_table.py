@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mnist_jax import models
+from mnist_jax.platform import configure_cpu
 
 
 def count_params(params) -> int:
@@ -27,6 +28,7 @@ def forward_flops(model, variables, x) -> float:
 
 
 def main() -> None:
+    configure_cpu()
     x = jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)
     print("| model | parameters | MFLOPs / image |")
     print("| --- | ---: | ---: |")

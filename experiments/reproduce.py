@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from mnist_jax import config as config_lib, train
+from mnist_jax.platform import configure_cpu
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,6 +70,7 @@ def row(name: str, results: dict, config) -> str:
 
 
 def main() -> None:
+    configure_cpu()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default=",".join(SYSTEMS), help="comma-separated names: " + ", ".join(SYSTEMS))
     parser.add_argument("--budget", type=float, default=1.0, help="fraction of each recipe's epochs and members")

@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from mnist_jax import config as config_lib, evaluate, train  # noqa: E402  (the repo on the path first, for a plain checkout)
 from mnist_jax.runfiles import write_bytes, write_json  # noqa: E402
+from mnist_jax.platform import configure_cpu, cpu_model, device_description  # noqa: E402
 
 MILESTONES_MIN = (15, 60)
 TARGETS = {15: 0.9960, 60: 0.9970}  # issue 6's targets, drawn on the plot.
@@ -89,6 +90,7 @@ def plot(path: Path, points: list[dict[str, Any]], title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    configure_cpu()
     start = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,8 +135,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": os.path.relpath(args.config, REPO) if Path(args.config).is_absolute() else args.config,
         "command": " ".join(["python experiments/time_to_accuracy.py", *(argv or sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} CPU cores, {evaluate.cpu_model()}",
-        "device": evaluate.device_description(),
+        "machine": f"{os.cpu_count()} CPU cores, {cpu_model()}",
+        "device": device_description(),
         "jax_version": jax.__version__,
         "budget_minutes": args.budget_minutes,
         "points": points,

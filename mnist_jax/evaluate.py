@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import io
 import logging
-import platform
 import re
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_jax import augment, data, engine, metrics, plots
+from mnist_jax import augment, data, engine, metrics, platform, plots
 from mnist_jax.runfiles import read_jsonl, write_bytes, write_json
 
 
@@ -80,24 +79,6 @@ def write_pictures(workdir: Path, images: np.ndarray, labels: np.ndarray, logits
                       jax.tree.map(np.asarray, metrics.reliability(probs, labels)))
 
 
-def cpu_model() -> str:
-    """The host CPU's model name (e.g. 'AMD EPYC 7B13'): speed results are only comparable on the
-    same one, and this project's machines change between sessions."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    except OSError:
-        names = []
-    return names[0] if names else (platform.processor() or platform.machine())
-
-
-def device_description() -> str:
-    """'2 x cpu (cpu, x86_64, Intel(R) Xeon(R) Processor)': the devices a run used, and the host."""
-    d = jax.devices()[0]
-    host = f"{platform.machine()}, {cpu_model()}"
-    return f"{jax.device_count()} x {d.device_kind} ({d.platform}, {host})"
-
-
 def finish_run(config: ml_collections.ConfigDict, workdir: Path, state: Any, model, mesh,
                strategy: str, predict: Callable, test: data.Dataset, *, step: int,
                wall_time_s: float) -> dict[str, Any]:
@@ -136,7 +117,7 @@ def finish_run(config: ml_collections.ConfigDict, workdir: Path, state: Any, mod
         },
         "wall_time_s": wall_time_s,
         "train_images_per_s": (np.mean([r["images_per_s"] for r in records]) if records else None),
-        "device": device_description(),
+        "device": platform.device_description(),
         "jax_version": jax.__version__,
     }
     if config.tta_samples:

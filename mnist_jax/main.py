@@ -13,7 +13,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from mnist_jax import checkpoint, config as config_lib, data, train
+from mnist_jax import checkpoint, config as config_lib, data, platform, train
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                 lock_config=True)
@@ -33,6 +33,7 @@ def main(argv: list[str]) -> None:
     del argv
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it writes
+    platform.configure_cpu()
     if flags.FLAGS.coordinator:
         import jax
         jax.distributed.initialize(flags.FLAGS.coordinator, flags.FLAGS.num_processes,

@@ -12,6 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config):
+    from mnist_jax import platform
+    platform.configure_cpu()  # as every entry point does: one CPU device per core, YNNPACK off
     # Runs rebuild the same programs (a resumed run compiles what the first one did): let XLA
     # reuse them from disk instead of compiling again.
     jax.config.update("jax_compilation_cache_dir", str(REPO / ".cache" / "jax"))

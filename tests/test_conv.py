@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import conv
+from mnist_jax.ops import conv
 from mnist_jax.models import blocks
 
 DN = ("NHWC", "HWIO", "NHWC")

@@ -1,4 +1,4 @@
-"""mnist_jax.norm.BatchNorm: the same outputs, statistics and gradients as flax's BatchNorm."""
+"""mnist_jax.ops.norm.BatchNorm: the same outputs, statistics and gradients as flax's BatchNorm."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import norm
+from mnist_jax.ops import norm
 
 
 def _run(module, x, variables, train, cotangent):

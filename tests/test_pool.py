@@ -1,4 +1,4 @@
-"""mnist_jax.pool: the same outputs and gradients as flax's pooling, ties and partial windows included."""
+"""mnist_jax.ops.pool: the same outputs and gradients as flax's pooling, ties and partial windows included."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import pool
+from mnist_jax.ops import pool
 
 
 def _tied(shape, seed=0):

@@ -1,4 +1,5 @@
-"""The XLA:CPU flags `import mnist_jax` sets, each checked in a fresh process (XLA reads them once)."""
+"""What `platform.configure_cpu()` sets and `import mnist_jax` does not, each checked in a fresh process
+(XLA reads its flags once)."""
 
 import importlib.metadata
 import os
@@ -12,8 +13,9 @@ pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU 
 CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
 
 
-def _run(code: str, env: dict[str, str]) -> str:
-    result = subprocess.run([sys.executable, "-c", "import mnist_jax, jax, jax.numpy as jnp\n" + code],
+def _run(code: str, env: dict[str, str], configure: bool = True) -> str:
+    setup = "from mnist_jax import platform; platform.configure_cpu()\n" if configure else ""
+    result = subprocess.run([sys.executable, "-c", "import mnist_jax, jax, jax.numpy as jnp\n" + setup + code],
                             env=env, capture_output=True, text=True, check=True)
     return result.stdout
 
@@ -25,7 +27,7 @@ def _compiled_conv_hlo(env: dict[str, str]) -> str:
                 "print(jax.jit(f).lower(x, w).compile().as_text())\n", env)
 
 
-def test_importing_mnist_jax_keeps_convolutions_on_xla_cpu():
+def test_configure_cpu_keeps_convolutions_on_xla_cpu():
     if not importlib.metadata.version("jaxlib").startswith("0.10."):
         pytest.skip("the flag is set only for the jaxlib version it was measured on")
     assert "ynn_fusion" not in _compiled_conv_hlo(CLEAN_ENV)
@@ -34,10 +36,25 @@ def test_importing_mnist_jax_keeps_convolutions_on_xla_cpu():
     assert "ynn_fusion" in _compiled_conv_hlo(user)
 
 
-def test_importing_mnist_jax_gives_one_cpu_device_per_core():
+def test_configure_cpu_gives_one_cpu_device_per_core():
     count = "print(jax.device_count())"
     assert int(_run(count, CLEAN_ENV)) == len(os.sched_getaffinity(0))
     # A user's own device count wins, through XLA_FLAGS or through JAX's own option.
     user = {**CLEAN_ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=3"}
     assert int(_run(count, user)) == 3
     assert int(_run(count, {**CLEAN_ENV, "JAX_NUM_CPU_DEVICES": "5"})) == 5
+
+
+def test_importing_mnist_jax_changes_nothing():
+    code = ("import os, mnist_jax.main, mnist_jax.analysis, mnist_jax.evaluate\n"
+            "print(os.environ.get('XLA_FLAGS')); print(jax.device_count())")
+    flags, count = _run(code, CLEAN_ENV, configure=False).split()
+    assert flags == "None" and int(count) == 1
+
+
+def test_configure_cpu_called_too_late_warns_and_changes_nothing():
+    code = ("import logging; logging.basicConfig()\njax.devices()\n"
+            "platform.configure_cpu()\nprint(jax.device_count())")
+    result = subprocess.run([sys.executable, "-c", "import jax\nfrom mnist_jax import platform\n" + code],
+                            env=CLEAN_ENV, capture_output=True, text=True, check=True)
+    assert int(result.stdout) == 1 and "configure_cpu() was called after" in result.stderr

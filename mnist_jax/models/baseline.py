@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mnist_jax import pool
+from mnist_jax.ops import pool
 from mnist_jax.models.blocks import Conv, KERAS_BN, Dtype, flatten, he_normal, keras_init
 from mnist_jax.models.blocks import BatchNorm, prepare_input
 

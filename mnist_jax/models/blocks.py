@@ -6,8 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mnist_jax import conv
-from mnist_jax.norm import BatchNorm
+from mnist_jax.ops import conv
+from mnist_jax.ops.norm import BatchNorm
 
 Dtype = Any
 
@@ -29,11 +29,11 @@ def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
 
 
 class Conv(nn.Module):
-    """flax.linen.Conv for NHWC images, with the gradients XLA:CPU runs faster (mnist_jax.conv).
+    """flax.linen.Conv for NHWC images, with the gradients XLA:CPU runs faster (mnist_jax.ops.conv).
 
     Every conv of the zoo. Same fields (those the zoo uses), parameter names, shapes, creation
     order and so initial values as `nn.Conv`, so checkpoints and published parameter counts carry
-    over; the strided-conv input gradient and the bias gradient are mnist_jax.conv's (the same
+    over; the strided-conv input gradient and the bias gradient are mnist_jax.ops.conv's (the same
     numbers; plain lax on GPU/TPU).
     """
 

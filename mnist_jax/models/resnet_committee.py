@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mnist_jax import pool
+from mnist_jax.ops import pool
 from mnist_jax.models.blocks import BatchNorm, Conv, TORCH_BN, Dtype, ResBlock, flatten
 from mnist_jax.models.blocks import prepare_input, torch_init
 

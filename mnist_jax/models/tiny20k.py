@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mnist_jax import pool
+from mnist_jax.ops import pool
 from mnist_jax.models.blocks import TORCH_BN, ConvBNAct, Dtype, flatten, prepare_input
 from mnist_jax.models.blocks import torch_init
 

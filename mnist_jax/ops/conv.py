@@ -26,7 +26,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from mnist_jax.norm import channel_sum
+from mnist_jax.ops.norm import channel_sum
 
 Pads = tuple[tuple[int, int], ...]
 

@@ -33,7 +33,7 @@ def _sum_as_matmul(rows: jax.Array) -> jax.Array:
 
 def channel_sum(a: jax.Array) -> jax.Array:
     """Sum over all axes but the last: a matmul on the CPU, a reduction elsewhere (also used by
-    mnist_jax.conv.bias_add's gradient)."""
+    mnist_jax.ops.conv.bias_add's gradient)."""
     rows = a.reshape(-1, a.shape[-1])
     return lax.platform_dependent(rows, cpu=_sum_as_matmul,
                                   default=lambda rows: jnp.sum(rows, axis=0))

@@ -1,0 +1,84 @@
+"""The machine a run is on: XLA:CPU setup for the entry points, and a description for results.
+
+`configure_cpu()` is called by every entry point (`mnist_jax.main`, `mnist_jax.evaluate`, the
+experiments, the tests' conftest) before the first JAX computation; a notebook calls it first
+thing to get the same speed. Importing `mnist_jax` changes nothing in the process.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import platform
+
+import jax
+
+_configured = False
+
+
+def _usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def configure_cpu() -> None:
+    """One CPU device per usable core and XLA's own convolutions; a no-op for what a user set.
+
+    - Devices: the engine splits the member axis over all devices, so with one CPU device per
+      core members train side by side (README, "Speed"). Set through `jax_num_cpu_devices`,
+      unless `XLA_FLAGS` or `JAX_NUM_CPU_DEVICES` already chooses a count.
+    - YNNPACK off: jaxlib 0.10's XLA:CPU hands convolutions to YNNPACK, which ran this zoo's
+      convs up to 8x slower than XLA's own (README, "Speed"). XLA has no `jax.config` option for
+      it, so it goes into `XLA_FLAGS`, only on the jaxlib minor version it was measured on (an
+      unknown XLA flag aborts the process) and only if `XLA_FLAGS` does not choose already.
+    - Quiet: JAX's INFO line about the missing TPU runtime is dropped on CPU-only machines.
+
+    Must run before JAX starts its CPU backend (the first computation or `jax.devices()`);
+    called later it changes nothing and logs a warning.
+    """
+    global _configured
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if _backend_started():
+        if _configured:
+            return
+        logging.warning("mnist_jax.platform.configure_cpu() was called after JAX started its "
+                        "backends; call it first thing to get one CPU device per core")
+        return
+    if "ynn_fusion_type" not in flags and _jaxlib_version().startswith("0.10."):
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_experimental_ynn_fusion_type=".strip()
+    if "xla_force_host_platform_device_count" not in flags and "JAX_NUM_CPU_DEVICES" not in os.environ:
+        jax.config.update("jax_num_cpu_devices", _usable_cores())
+    _configured = True
+
+
+def _backend_started() -> bool:
+    from jax._src import xla_bridge  # no public API tells whether the backends exist yet
+    return bool(xla_bridge._backends)
+
+
+def _jaxlib_version() -> str:
+    try:
+        return importlib.metadata.version("jaxlib")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def cpu_model() -> str:
+    """The host CPU's model name (e.g. 'AMD EPYC 7B13'): speed results are only comparable on the
+    same one, and this project's machines change between sessions."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else (platform.processor() or platform.machine())
+
+
+def device_description() -> str:
+    """'2 x cpu (cpu, x86_64, Intel(R) Xeon(R) Processor)': the devices a run used, and the host."""
+    d = jax.devices()[0]
+    host = f"{platform.machine()}, {cpu_model()}"
+    return f"{jax.device_count()} x {d.device_kind} ({d.platform}, {host})"
