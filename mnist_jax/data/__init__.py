@@ -52,7 +52,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NAME_FORMS = "'mnist', 'idx:<dir>' or 'image_folder:<dir>'"
 _IDX_UBYTE = 0x08
 # Where this repo's CI keeps a copy; only mentioned in the "not found" hint.
-_SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+_SHARED_MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 
 
 class DataError(ValueError):
