@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mnist_jax import config as config_lib, evaluate, train  # noqa: E402  (the repo on the path first, for a plain checkout)
-from mnist_jax.runfiles import write_bytes, write_json  # noqa: E402
+from mnist_jax.atomic import write_bytes, write_json  # noqa: E402
 from mnist_jax.platform import configure_cpu, cpu_model, device_description  # noqa: E402
 
 MILESTONES_MIN = (15, 60)

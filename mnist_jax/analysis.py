@@ -15,119 +15,39 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-import jax
 import ml_collections
 import numpy as np
 
-from mnist_jax import augment, checkpoint, config as config_lib, data, engine, evaluate, metrics, plots, train
-from mnist_jax.runfiles import read_jsonl
+from mnist_jax import checkpoint, metrics, plots, run as run_lib, runfolder
+from mnist_jax.evaluate import Evaluator
 
-PLOTS = ("misclassified", "confusion", "curves", "ensemble_size", "reliability")
+PLOTS = runfolder.PICTURES
 COMBINE_METHODS = ("vote", "mean_prob")
 DEFAULT_TTA_SAMPLES = 8  # when tta is asked of a run whose config.tta_samples is 0.
 
 
 class AnalysisError(ValueError):
-    """A run-directory file or a request that cannot be used; the one line says what and how."""
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
-
-def _read_json(path: Path, fix: str, required: bool) -> Any:
-    if not path.exists():
-        if required:
-            raise AnalysisError(f"{path} not found: {fix}")
-        return None
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AnalysisError(f"{path} is damaged ({_one_line(e)}): {fix}") from None
-    if not isinstance(value, dict):
-        raise AnalysisError(f"{path} is damaged (not a JSON object): {fix}")
-    return value
+    """A request that cannot be answered; the one line says what and how."""
 
 
 def _read_config(workdir: Path) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
-    """The resolved config of a run and its class names, from config.json."""
-    path = workdir / "config.json"
-    fix = "is this a run directory of python -m mnist_jax.main? Re-running its training command rewrites it"
-    saved = _read_json(path, fix, required=True)
-    if not isinstance(saved.get("class_names"), list) or not saved["class_names"]:
-        raise AnalysisError(f"{path} is damaged (no class_names list): {fix}")
-    class_names = tuple(saved.pop("class_names"))
-    config = ml_collections.ConfigDict(saved)
-    try:
-        config_lib.validate(config)
-    except (ValueError, AttributeError, KeyError, TypeError) as e:
-        raise AnalysisError(f"{path} is not a usable config ({_one_line(e)}): {fix}") from None
-    return config, class_names
+    return runfolder.read_config(workdir, check=run_lib.validate)
 
 
-def _restore(workdir: Path, config: ml_collections.ConfigDict, num_classes: int
-             ) -> tuple[train.Run, int]:
-    if not any((workdir / "checkpoints").glob("[0-9]*")):
-        raise checkpoint.CheckpointError(
-            f"no checkpoint in {workdir / 'checkpoints'}: train first with "
-            f"python -m mnist_jax.main --config=... --workdir={workdir}")
-    # Only the structure of a fresh run is needed, so trace init_run instead of compiling and
-    # running it (0.5 s instead of 15 s here). The optimiser state has the same structure for
-    # any schedule length, so 1 step per epoch will do.
-    built = {}
-
-    def build() -> dict:
-        run = train.init_run(config, num_classes, steps_per_epoch=1)
-        built["run"] = run._replace(keys=None, state=None, metrics=None)  # no tracers kept
-        return {"state": run.state, "metrics": run.metrics}
-
-    shapes = jax.eval_shape(build)
-    run = built["run"]
-    sharding = engine.member_sharding(run.mesh)  # init_run lays every leaf out by member
-    like = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
-    mngr = checkpoint.manager(workdir, config.keep_checkpoints)
-    try:
-        restored = checkpoint.restore_latest(mngr, like, config_lib.fingerprint(config))
-    finally:
-        mngr.close()
-    if restored is None:
-        raise checkpoint.CheckpointError(
-            f"no readable checkpoint in {workdir / 'checkpoints'}: every one failed to load; "
-            f"re-run the training command to write a new one")
-    tree, meta = restored
-    run = run._replace(keys=engine.member_keys(config.seed, config.num_members),
-                       state=tree["state"], metrics=tree["metrics"])
-    return run, int(meta["step"])
-
-
-def restore(workdir: str | Path) -> tuple[ml_collections.ConfigDict, train.Run, int]:
-    """The config, the model/optimiser/state of the newest readable checkpoint, and its step."""
+def restore(workdir: str | Path) -> tuple[run_lib.Setup, run_lib.State]:
+    """The static parts and the state of the newest readable checkpoint of a run."""
     workdir = Path(workdir)
     config, class_names = _read_config(workdir)
-    run, step = _restore(workdir, config, len(class_names))
-    return config, run, step
-
-
-def _read_predictions(workdir: Path, num_classes: int) -> dict[str, np.ndarray] | None:
-    path = workdir / "predictions.npz"
-    if not path.exists():
-        return None
-    fix = "re-run the training command (it resumes at the last checkpoint and rewrites it)"
-    try:
-        with np.load(path) as npz:
-            predictions = {"probs": npz["probs"], "labels": npz["labels"]}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise AnalysisError(f"{path} is damaged ({_one_line(e)}): {fix}") from None
-    probs, labels = predictions["probs"], predictions["labels"]
-    if probs.ndim != 3 or probs.shape[1:] != (len(labels), num_classes):
-        raise AnalysisError(f"{path} is damaged (probs {probs.shape} do not fit {len(labels)} "
-                            f"labels and {num_classes} classes): {fix}")
-    return predictions
+    setup = run_lib.setup(config, len(class_names), steps_per_epoch=1)
+    state = run_lib.restore(setup, workdir)
+    if state is None:
+        raise checkpoint.CheckpointError(
+            f"no checkpoint in {runfolder.checkpoint_dir(workdir)}: train first with "
+            f"python -m mnist_jax.main --config=... --workdir={workdir}")
+    return setup, state
 
 
 def member_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -144,8 +64,8 @@ def member_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class _Restored(NamedTuple):
-    run: train.Run
-    step: int
+    setup: run_lib.Setup
+    state: run_lib.State
     predict: Callable
 
 
@@ -174,13 +94,13 @@ class RunView:
         path written (default WORKDIR/<name>.png)."""
         if name not in PLOTS:
             raise AnalysisError(f"unknown plot {name!r}; choose one of {', '.join(PLOTS)}")
-        path = Path(path) if path is not None else self.workdir / f"{name}.png"
+        path = Path(path) if path is not None else runfolder.picture_path(self.workdir, name)
         if name == "curves":
             return plots.curves(path, self.metrics)
         probs, labels = self._test_predictions()
         mean = probs.mean(axis=0)
         if name == "misclassified":
-            test = train.load_split(self.config, "test")
+            test = run_lib.load_split(self.config, "test")
             if not np.array_equal(test.labels, labels):
                 raise AnalysisError(f"the test split of {self.config.dataset!r} no longer matches "
                                     f"{self.workdir / 'predictions.npz'}; was the data changed?")
@@ -203,25 +123,19 @@ class RunView:
         if dataset is not None:
             config.dataset = dataset
         restored = self._restored
-        split_data = train.load_split(config, split)
+        split_data = run_lib.load_split(config, split)
         self._check_images(split_data.images, f"{config.dataset} {split} images")
         if len(split_data.class_names) != len(self.class_names):
             raise AnalysisError(f"{config.dataset} has {len(split_data.class_names)} classes but the "
                                 f"run's model predicts {len(self.class_names)}; evaluate on a dataset "
                                 f"with the same classes")
-        device_split = evaluate.device_split(split_data, restored.run.mesh, config.eval_batch_size)
-        samples = 0
-        if tta:
-            samples = config.tta_samples or DEFAULT_TTA_SAMPLES
-            run = restored.run
-            predict_tta = engine.make_predict(
-                run.model, mesh=run.mesh, strategy=run.strategy, use_ema=bool(config.ema_decay),
-                augment_fn=augment.build(config.augment, test_time=True))
-            logits = evaluate.tta_logits(predict_tta, run.state, device_split, samples)
-        else:
-            logits = evaluate.split_logits(restored.predict, restored.run.state, device_split)
-        return {"dataset": config.dataset, "split": split, "checkpoint_step": restored.step,
-                "tta_samples": samples, **metrics.summarize(logits, split_data.labels, prefix="")}
+        samples = (config.tta_samples or DEFAULT_TTA_SAMPLES) if tta else 0
+        predict = run_lib.predictor(restored.setup, tta=True) if tta else restored.predict
+        evaluator = Evaluator(predict, split_data.images, split_data.labels,
+                              mesh=restored.setup.mesh, batch_size=config.eval_batch_size,
+                              tta_samples=samples)
+        return {"dataset": config.dataset, "split": split, "checkpoint_step": restored.state.step,
+                "tta_samples": samples, **evaluator.run(restored.state.members)}
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Per-member class probabilities [M, N, C] of new uint8 images [N, H, W, 1] or [N, H, W]."""
@@ -230,10 +144,9 @@ class RunView:
             images = images[..., None]
         self._check_images(images, "images")
         restored = self._restored
-        batch = data.Dataset(images, np.zeros(len(images), np.int32), self.class_names)
-        split = evaluate.device_split(batch, restored.run.mesh, self.config.eval_batch_size)
-        return np.asarray(metrics.member_probs(
-            evaluate.split_logits(restored.predict, restored.run.state, split)))
+        evaluator = Evaluator(restored.predict, images, np.zeros(len(images), np.int32),
+                              mesh=restored.setup.mesh, batch_size=self.config.eval_batch_size)
+        return np.asarray(metrics.member_probs(evaluator.logits(restored.state.members)))
 
     def _check_images(self, images: np.ndarray, what: str) -> None:
         size = self.config.image_size
@@ -245,17 +158,14 @@ class RunView:
 
     def _test_predictions(self) -> tuple[np.ndarray, np.ndarray]:
         if self.predictions is None:
-            raise AnalysisError(f"{self.workdir / 'predictions.npz'} not found: the run has not "
-                                f"finished; re-run its training command to finish it")
+            raise runfolder.missing_predictions_error(self.workdir)
         return self.predictions["probs"], self.predictions["labels"]
 
     @functools.cached_property
     def _restored(self) -> _Restored:
         """Restored once, on the first evaluate/predict (cached_property works on frozen classes)."""
-        run, step = _restore(self.workdir, self.config, len(self.class_names))
-        predict = engine.make_predict(run.model, mesh=run.mesh, strategy=run.strategy,
-                                      use_ema=bool(self.config.ema_decay))
-        return _Restored(run, step, predict)
+        setup, state = restore(self.workdir)
+        return _Restored(setup, state, run_lib.predictor(setup))
 
 
 def load_run(workdir: str | Path) -> RunView:
@@ -264,19 +174,9 @@ def load_run(workdir: str | Path) -> RunView:
     if not workdir.is_dir():
         raise AnalysisError(f"{workdir} is not a folder; pass the --workdir of a training run")
     config, class_names = _read_config(workdir)
-    try:
-        records = read_jsonl(workdir / "metrics.jsonl")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AnalysisError(f"{workdir / 'metrics.jsonl'} is damaged ({_one_line(e)}): fix or delete "
-                            f"its broken lines") from None
-    results = _read_json(workdir / "results.json", required=False,
-                         fix="delete it and re-run the training command (it resumes at the last "
-                             "checkpoint and rewrites it)")
-    if results is not None and not {"members", "ensemble"} <= set(results):
-        raise AnalysisError(f"{workdir / 'results.json'} is damaged (no members/ensemble): delete it "
-                            f"and re-run the training command")
-    return RunView(workdir, config, class_names, records, results,
-                   _read_predictions(workdir, len(class_names)))
+    return RunView(workdir, config, class_names, runfolder.read_metrics(workdir),
+                   runfolder.read_results(workdir),
+                   runfolder.read_predictions(workdir, len(class_names)))
 
 
 def compare(workdirs: list[str | Path]) -> list[dict[str, Any]]:

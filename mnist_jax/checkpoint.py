@@ -8,11 +8,14 @@ run is the same run and a different config is refused instead of silently mixed 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from mnist_jax import runfolder
 
 
 class CheckpointError(ValueError):
@@ -20,7 +23,7 @@ class CheckpointError(ValueError):
 
 
 def manager(workdir: str | Path, keep: int) -> ocp.CheckpointManager:
-    directory = Path(workdir).resolve() / "checkpoints"
+    directory = runfolder.checkpoint_dir(Path(workdir))
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=False)
     return ocp.CheckpointManager(directory, options=options)
@@ -45,6 +48,31 @@ def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _skip(step: int, error: Exception) -> None:
+    reason = (str(error).splitlines() or [type(error).__name__])[0].split(" [tensorstore_spec")[0]
+    logging.warning("checkpoint %d is unreadable (%s); using the previous one", step,
+                    reason if len(reason) <= 200 else reason[:197] + "...")
+
+
+def _drop_closed_event_loop_noise() -> None:
+    """Silence orbax's leftovers of a failed read, and only those.
+
+    When one array of a checkpoint fails to read, orbax closes its event loop while tensorstore
+    still completes the other reads; each completion then raises 'Event loop is closed' in a
+    callback, which Python prints as an unraisable-exception traceback (a dozen of them).
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_event_loop", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, RuntimeError)
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+    hook.drops_closed_event_loop = True
+    sys.unraisablehook = hook
+
+
 def restore_latest(mngr: ocp.CheckpointManager, like: Any, config_fingerprint: dict
                    ) -> tuple[Any, dict] | None:
     """The newest readable checkpoint as `(tree, meta)`, or None when there is none.
@@ -53,12 +81,12 @@ def restore_latest(mngr: ocp.CheckpointManager, like: Any, config_fingerprint: d
     a different config is refused, naming the fields that differ.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    _drop_closed_event_loop_noise()
     for step in sorted(mngr.all_steps(), reverse=True):
         try:
             meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped the same way
-            logging.warning("checkpoint %d is unreadable (%s); trying the previous one", step,
-                            str(e).splitlines()[0] if str(e) else type(e).__name__)
+            _skip(step, e)
             continue
         differences = _differences(meta["config"], config_fingerprint)
         if differences:
@@ -67,9 +95,8 @@ def restore_latest(mngr: ocp.CheckpointManager, like: Any, config_fingerprint: d
                 f"use a new --workdir or the config that made it")
         try:
             tree = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-        except Exception as e:  # noqa: BLE001
-            logging.warning("checkpoint %d is unreadable (%s); trying the previous one", step,
-                            str(e).splitlines()[0] if str(e) else type(e).__name__)
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped the same way
+            _skip(step, e)
             continue
         return tree["state"], meta
     return None

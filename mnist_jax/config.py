@@ -6,6 +6,7 @@ Configs start from `base_config()` and override fields, so every run has every f
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import ml_collections
 
-from mnist_jax import augment, models, optim
+from mnist_jax import augment, optim
 
 MEMBER_STRATEGIES = ("auto", "vmap", "unroll")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -72,8 +73,30 @@ def from_file(path: str | Path, arg: str | None = None) -> ml_collections.Config
     return module.get_config(arg) if arg else module.get_config()
 
 
+def field_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every leaf field as a dotted path ('optim.schedule.name'), as `--config.PATH` names it."""
+    paths = []
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            paths += field_paths(value, f"{prefix}{key}.")
+        else:
+            paths.append(f"{prefix}{key}")
+    return paths
+
+
+def unknown_field(config: ml_collections.ConfigDict, path: str) -> str | None:
+    """None if `path` is a field of `config`, else one line naming the nearest valid field."""
+    known = field_paths(config)
+    if path in known or any(k.startswith(path + ".") for k in known):
+        return None
+    nearest = difflib.get_close_matches(path, known, n=1, cutoff=0.5)
+    hint = f"did you mean {nearest[0]!r}?" if nearest else "see mnist_jax.config.base_config()"
+    return f"config: unknown field {path!r}; {hint}"
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Refuse impossible values with one clear line, before any data is read or code compiled."""
+    """Refuse impossible values of the schema's own fields with one clear line (`run.validate`
+    adds the model's, augmentation's and optimiser's own checks)."""
     def need(ok: bool, message: str) -> None:
         if not ok:
             raise ConfigError(f"config: {message}")
@@ -101,12 +124,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"unknown member_strategy {config.member_strategy!r}; valid: {', '.join(MEMBER_STRATEGIES)}")
     need(config.compute_dtype in COMPUTE_DTYPES,
          f"unknown compute_dtype {config.compute_dtype!r}; valid: {', '.join(COMPUTE_DTYPES)}")
-    need(config.model in models.names(),
-         f"unknown model {config.model!r}; valid: {', '.join(models.names())}")
-    # Each module checks its own section and raises a ValueError that names the field.
-    models.get(config.model, **config.model_overrides.to_dict())
-    augment.build(config.augment)
-    optim.build(config.optim, steps_per_epoch=1, num_epochs=config.num_epochs)
 
 
 def check_batch_fits(config: ml_collections.ConfigDict, train_size: int) -> None:

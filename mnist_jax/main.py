@@ -29,6 +29,31 @@ USER_ERRORS = (config_lib.ConfigError, data.DataError, checkpoint.CheckpointErro
                train.TrainingDiverged, ValueError)
 
 
+def _fail(message: str) -> None:
+    print(f"mnist_jax: error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with every mistake on the command line reported in one line."""
+    config_arg = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+    if config_arg is not None:
+        path, _, arg = config_arg.partition(":")
+        try:
+            config = config_lib.from_file(path, arg or None)
+        except ValueError as e:  # ConfigError, or a config file refusing its argument
+            _fail(str(e))
+        for a in argv[1:]:
+            if a.startswith("--config."):
+                problem = config_lib.unknown_field(config, a[len("--config."):].split("=", 1)[0])
+                if problem:
+                    _fail(f"{problem} (from {a})")
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _fail(str(e))
+
+
 def main(argv: list[str]) -> None:
     del argv
     logging.getLogger().setLevel(logging.INFO)
@@ -55,4 +80,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

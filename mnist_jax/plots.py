@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from mnist_jax.runfiles import write_bytes
+from mnist_jax.atomic import write_bytes
 
 PathLike = str | os.PathLike
 DPI = 100

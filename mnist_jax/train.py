@@ -2,26 +2,27 @@
 
 The loop only dispatches compiled calls and, every `log_every_steps`, reads back a handful of
 per-member sums for the progress line; batches, augmentation and the epoch order never leave
-the device.
+the device. What a config builds is `mnist_jax.run`'s; what the run folder holds is
+`mnist_jax.runfolder`'s.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import signal
-import sys
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mnist_jax import augment, checkpoint, config as config_lib, data, engine, evaluate, models, optim
-from mnist_jax.runfiles import append_jsonl, truncate_jsonl, write_json
+from mnist_jax import (augment, checkpoint, config as config_lib, data, engine, metrics, optim,
+                       platform, run as run_lib, runfolder)
+from mnist_jax.evaluate import Evaluator, validation_record
 
 
 class TrainingDiverged(RuntimeError):
@@ -50,103 +51,64 @@ class _StopSignal:
             signal.signal(s, handler)
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int):
-    dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
-    return models.get(config.model, num_classes=num_classes, dtype=dtype,
-                      **config.model_overrides.to_dict())
-
-
-def _progress(epoch: int, num_epochs: int, done: int, total: int, loss: float, acc: float,
-              images_per_s: float, eta_s: float) -> None:
-    if not sys.stderr.isatty():
-        return
-    width = 24
-    bar = "#" * int(width * done / total) + "-" * (width - int(width * done / total))
-    sys.stderr.write(f"\repoch {epoch}/{num_epochs} [{bar}] {done}/{total} loss {loss:.4f} "
-                     f"acc {acc:.4f} {images_per_s:,.0f} img/s ETA {eta_s:4.0f}s ")
-    sys.stderr.flush()
-
-
-def load_split(config: ml_collections.ConfigDict, split: str) -> data.Dataset:
-    """A split of the config's dataset (train cut to `train_subset` when that is set)."""
-    seed = None if config.validation_seed < 0 else config.validation_seed
-    ds = data.load(config.dataset, split, config.data_dir or None, image_size=config.image_size,
-                   validation_size=config.validation_size, validation_seed=seed)
-    if split == "train" and config.train_subset:
-        ds = ds._replace(images=ds.images[:config.train_subset], labels=ds.labels[:config.train_subset])
-    return ds
-
-
-class Run(NamedTuple):
-    """What a config builds before any data is on the device: model, optimiser, layout, state."""
-    model: Any
-    tx: Any
-    mesh: Any
-    strategy: str
-    keys: jax.Array
-    state: dict
-    metrics: dict
-
-
-def init_run(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int) -> Run:
-    model = build_model(config, num_classes)
-    tx = optim.build(config.optim, steps_per_epoch=steps_per_epoch, num_epochs=config.num_epochs)
-    strategy = engine.default_strategy() if config.member_strategy == "auto" else config.member_strategy
-    mesh = engine.make_mesh(config.num_members)
-    keys = engine.member_keys(config.seed, config.num_members)
-    sample = jnp.zeros((1, config.image_size, config.image_size, 1), jnp.float32)
-    state = engine.init_members(model, tx, keys, sample, ema=bool(config.ema_decay), mesh=mesh)
-    metrics = jax.device_put(engine.new_metrics(config.num_members), engine.member_sharding(mesh))
-    return Run(model, tx, mesh, strategy, keys, state, metrics)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Train the ensemble described by `config` in `workdir` (resuming if it holds a checkpoint),
-    then evaluate it once on the test split and write the run directory. Returns results."""
-    config_lib.validate(config)
+    then evaluate it once on the test split and write the run folder. Returns results.json's
+    contents. A second process on the same `workdir` is refused while this one trains."""
+    run_lib.validate(config)
     workdir = Path(workdir)
     primary = jax.process_index() == 0
-    train = load_split(config, "train")
-    val = load_split(config, "validation") if config.validation_size else None
+    train = run_lib.load_split(config, "train")
+    val = run_lib.load_split(config, "validation") if config.validation_size else None
     config_lib.check_batch_fits(config, len(train.labels))
-
-    num_members = config.num_members
     pool = config_lib.member_pool_size(config, len(train.labels))
     steps_per_epoch = pool // config.batch_size
+    setup = run_lib.setup(config, len(train.class_names), steps_per_epoch)
+    with runfolder.lock(workdir) if primary else contextlib.nullcontext():
+        state = run_lib.restore(setup, workdir)
+        if state is None:
+            state = run_lib.init_state(setup)
+        else:
+            logging.info("resumed from step %d (epoch %d)", state.step, state.step // steps_per_epoch)
+        if primary:
+            runfolder.write_config(workdir, config, train.class_names)
+        writer = runfolder.MetricWriter(workdir, num_epochs=config.num_epochs,
+                                        resume_epoch=state.step // steps_per_epoch, enabled=primary)
+        predict = run_lib.predictor(setup)  # compiled once: validation every epoch, then test
+        try:
+            state = _train(setup, state, predict, workdir, train, val, writer, steps_per_epoch)
+        finally:
+            writer.close()
+        # The test split is read here, once, after every choice was made on validation.
+        return _test(setup, state, predict, workdir, run_lib.load_split(config, "test"))
+
+
+def _train(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdir: Path,
+           train: data.Dataset, val: data.Dataset | None, writer: runfolder.MetricWriter,
+           steps_per_epoch: int) -> run_lib.State:
+    config, mesh = setup.config, setup.mesh
+    num_members = config.num_members
     total_steps = steps_per_epoch * config.num_epochs
-    model, tx, mesh, strategy, keys, state, metrics = init_run(
-        config, len(train.class_names), steps_per_epoch)
-    step, wall_time = 0, 0.0
-
+    members, epoch_metrics, step, wall_time = state
+    keys = run_lib.member_keys(setup)
     mngr = checkpoint.manager(workdir, config.keep_checkpoints)
-    fingerprint = config_lib.fingerprint(config)
-    restored = checkpoint.restore_latest(mngr, {"state": state, "metrics": metrics}, fingerprint)
-    if restored is not None:
-        tree, meta = restored
-        state, metrics, step, wall_time = tree["state"], tree["metrics"], meta["step"], meta["wall_time_s"]
-        logging.info("resumed from step %d (epoch %d)", step, step // steps_per_epoch)
-    if primary:
-        write_json(workdir / "config.json", {**json.loads(config.to_json()),
-                                              "class_names": list(train.class_names)})
-        truncate_jsonl(workdir / "metrics.jsonl", keep_epochs_upto=step // steps_per_epoch)
-
+    pool = config_lib.member_pool_size(config, len(train.labels))
     images = engine.put_replicated(train.images, mesh)
     labels = engine.put_replicated(train.labels, mesh)
     bags = jax.device_put(engine.member_bags(keys, len(train.labels), pool), engine.member_sharding(mesh))
     common = dict(mesh=mesh, steps_per_epoch=steps_per_epoch, batch_size=config.batch_size,
                   label_smoothing=config.label_smoothing, l1=config.l1, l1_params=config.l1_params,
-                  ema_decay=config.ema_decay, strategy=strategy)
+                  ema_decay=config.ema_decay, strategy=setup.strategy)
     augment_fn = augment.build(config.augment)
-    step_augmented = engine.make_train_step(model, tx, augment_fn=augment_fn, **common)
-    step_clean = engine.make_train_step(model, tx, augment_fn=None, **common)
-    predict = engine.make_predict(model, mesh=mesh, strategy=strategy, use_ema=bool(config.ema_decay))
-    val_split = evaluate.device_split(val, mesh, config.eval_batch_size) if val else None
+    step_augmented = engine.make_train_step(setup.model, setup.tx, augment_fn=augment_fn, **common)
+    step_clean = engine.make_train_step(setup.model, setup.tx, augment_fn=None, **common)
+    validation = (Evaluator(predict, val.images, val.labels, mesh=mesh,
+                            batch_size=config.eval_batch_size) if val else None)
 
     def save() -> None:
         if mngr.latest_step() == step:  # a signal right after an epoch's checkpoint: it is saved
             return
-        meta = {"config": fingerprint, "step": step, "wall_time_s": wall_time}
-        checkpoint.save(mngr, step, {"state": state, "metrics": metrics}, meta)
+        run_lib.save(setup, mngr, run_lib.State(members, epoch_metrics, step, wall_time))
 
     with _StopSignal() as stop:
         while step < total_steps:
@@ -165,9 +127,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                                       f"the state is saved: run the same command to resume")
                 n = min(config.log_every_steps, (epoch + 1) * steps_per_epoch - step)
                 for _ in range(n):  # dispatched asynchronously; the read below waits for them
-                    state, metrics = train_step(state, metrics, jnp.int32(step), images, labels, order)
+                    members, epoch_metrics = train_step(members, epoch_metrics, jnp.int32(step),
+                                                        images, labels, order)
                     step += 1
-                sums = jax.tree.map(engine.to_host, metrics)  # one small read every n steps
+                sums = jax.tree.map(engine.to_host, epoch_metrics)  # one small read every n steps
                 bad = np.flatnonzero(sums["first_bad_step"] >= 0)
                 if bad.size:
                     raise TrainingDiverged(
@@ -175,38 +138,80 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                         f"{int(sums['first_bad_step'][bad[0]])}; stopped, the last good checkpoint "
                         f"is kept in {mngr.directory} (lower the learning rate or add grad_clip)")
                 elapsed = time.perf_counter() - start
-                ips = (step - start_step) * config.batch_size * num_members / max(elapsed, 1e-9)
-                _progress(epoch + 1, config.num_epochs, step - epoch * steps_per_epoch, steps_per_epoch,
-                          float(sums["loss_sum"].sum() / sums["count"].clip(1).sum() * config.batch_size),
-                          float(sums["correct"].sum() / sums["count"].clip(1).sum()), ips,
-                          ((epoch + 1) * steps_per_epoch - step) * elapsed / (step - start_step))
+                count = sums["count"].clip(1).sum()
+                writer.progress(epoch + 1, step - epoch * steps_per_epoch, steps_per_epoch,
+                                float(sums["loss_sum"].sum() / count * config.batch_size),
+                                float(sums["correct"].sum() / count),
+                                (step - start_step) * config.batch_size * num_members / max(elapsed, 1e-9),
+                                ((epoch + 1) * steps_per_epoch - step) * elapsed / (step - start_step))
             epoch_time = time.perf_counter() - start
             wall_time += epoch_time
             record = {
                 "epoch": epoch + 1, "step": step,
-                "learning_rate": float(engine.to_host(optim.current_learning_rate(state["opt_state"]))[0]),
+                "learning_rate": float(engine.to_host(optim.current_learning_rate(members["opt_state"]))[0]),
                 "train_loss": (sums["loss_sum"] / np.maximum(sums["count"] // config.batch_size, 1)).tolist(),
                 "train_accuracy": (sums["correct"] / np.maximum(sums["count"], 1)).tolist(),
                 "images_per_s": (step - start_step) * config.batch_size * num_members / epoch_time,
                 "wall_time_s": wall_time,
             }
-            if val_split is not None:
-                record.update(evaluate.split_metrics(predict, state, val_split, prefix="val"))
-            if sys.stderr.isatty():
-                sys.stderr.write("\n")
-            logging.info("epoch %d/%d  train loss %.4f acc %.4f  %s lr %.2e  %.0f img/s",
-                         epoch + 1, config.num_epochs, np.mean(record["train_loss"]),
-                         np.mean(record["train_accuracy"]),
-                         f"val acc {np.mean(record['val_accuracy']):.4f} ensemble "
-                         f"{record['val_ensemble_accuracy']:.4f} " if val_split else "",
-                         record["learning_rate"], record["images_per_s"])
-            if primary:
-                append_jsonl(workdir / "metrics.jsonl", record)
-            metrics = jax.device_put(engine.new_metrics(num_members), engine.member_sharding(mesh))
+            if validation is not None:
+                record.update(validation_record(validation.run(members)))
+            writer.write(record)
+            epoch_metrics = run_lib.new_metrics(setup)
             if (epoch + 1) % config.checkpoint_every_epochs == 0 or step == total_steps:
                 save()
+    mngr.close()
+    return run_lib.State(members, epoch_metrics, step, wall_time)
 
-    # The test split is read here, once, after every choice was made on validation.
-    test = load_split(config, "test")
-    return evaluate.finish_run(config, workdir, state, model, mesh, strategy, predict, test,
-                               step=step, wall_time_s=wall_time)
+
+def _test(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdir: Path,
+          test: data.Dataset) -> dict[str, Any]:
+    """Evaluate the finished ensemble on the test split, once, and write results, predictions
+    and pictures to the run folder."""
+    config = setup.config
+    evaluator = Evaluator(predict, test.images, test.labels, mesh=setup.mesh,
+                          batch_size=config.eval_batch_size)
+    logits = evaluator.logits(state.members)
+    summary = metrics.summarize(logits, test.labels, prefix="test")
+    records = runfolder.read_metrics(workdir)
+    last = records[-1] if records else {}
+    results = {
+        "dataset": config.dataset,
+        "model": config.model,
+        "num_members": config.num_members,
+        "checkpoint_step": state.step,
+        "members": [
+            {"index": i, "seed": config.seed + i,
+             "val_accuracy": last["val_accuracy"][i] if "val_accuracy" in last else None,
+             "test_accuracy": summary["test_member_accuracy"][i],
+             "test_nll": summary["test_member_nll"][i]}
+            for i in range(config.num_members)],
+        "ensemble": {
+            "val_accuracy": last.get("val_ensemble_accuracy"),
+            "test_accuracy": summary["test_accuracy"],
+            "test_accuracy_vote": summary["test_accuracy_vote"],
+            "test_accuracy_mean_logit": summary["test_accuracy_mean_logit"],
+            "test_nll": summary["test_nll"],
+            "test_ece": summary["test_ece"],
+            "test_brier": summary["test_brier"],
+            "test_errors": summary["test_errors"],
+            "test_gain_over_mean_member": summary["test_ensemble_gain"],
+            "test_size_curve": summary["test_size_curve"],
+        },
+        "wall_time_s": state.wall_time_s,
+        "train_images_per_s": (np.mean([r["images_per_s"] for r in records]) if records else None),
+        "device": platform.device_description(),
+        "jax_version": jax.__version__,
+    }
+    if config.tta_samples:
+        tta = Evaluator(run_lib.predictor(setup, tta=True), test.images, test.labels,
+                        mesh=setup.mesh, batch_size=config.eval_batch_size,
+                        tta_samples=config.tta_samples).run(state.members)
+        results["ensemble"]["test_accuracy_tta"] = tta["accuracy"]
+        results["ensemble"]["test_nll_tta"] = tta["nll"]
+        for member, acc in zip(results["members"], tta["member_accuracy"]):
+            member["test_accuracy_tta"] = acc
+    if jax.process_index() == 0:
+        runfolder.write_results(workdir, results, np.asarray(metrics.member_probs(logits)), test.labels)
+        runfolder.write_pictures(workdir, test.images, test.labels, logits, test.class_names)
+    return results

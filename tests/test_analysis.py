@@ -1,4 +1,4 @@
-"""mnist_jax.analysis and the evaluate CLI, on one small real run trained once for the module."""
+"""mnist_jax.analysis and the evaluate_main CLI, on one small real run trained once for the module."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_jax import analysis, checkpoint, evaluate, train
-from mnist_jax.runfiles import write_bytes, write_json
+from mnist_jax import analysis, checkpoint, evaluate_main, run as run_lib, runfolder, train
+from mnist_jax.atomic import write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,10 +28,9 @@ def small_config() -> ml_collections.ConfigDict:
 
 
 def write_config(workdir: Path) -> Path:
-    """A run directory as training leaves it before its first checkpoint: config.json only."""
+    """A run folder as training leaves it before its first checkpoint: config and classes only."""
     workdir.mkdir(parents=True, exist_ok=True)
-    write_json(workdir / "config.json", {**json.loads(small_config().to_json()),
-                                         "class_names": list("0123456789")})
+    runfolder.write_config(workdir, small_config(), tuple("0123456789"))
     return workdir
 
 
@@ -112,13 +111,13 @@ def test_evaluate_restored_ensemble_reproduces_results(view, results):
 
 @pytest.mark.slow
 def test_restore_gives_the_trained_state(run_dir, view):
-    config, run, step = analysis.restore(run_dir)
-    assert step == 8 and config.to_dict() == view.config.to_dict()
-    assert isinstance(run, train.Run) and run.keys.shape == (2, 2)
-    for leaf in jax.tree.leaves(run.state["params"]):
+    setup, state = analysis.restore(run_dir)
+    assert state.step == 8 and setup.config.to_dict() == view.config.to_dict()
+    for leaf in jax.tree.leaves(state.members["params"]):
         assert leaf.shape[0] == 2  # one slice per member
     np.testing.assert_array_equal(  # what predict uses is what restore returns
-        jax.tree.leaves(run.state["params"])[0], jax.tree.leaves(view._restored.run.state["params"])[0])
+        jax.tree.leaves(state.members["params"])[0],
+        jax.tree.leaves(view._restored.state.members["params"])[0])
 
 
 @pytest.mark.slow
@@ -154,7 +153,7 @@ def test_evaluate_validation_matches_the_logged_epoch(view):
 
 @pytest.mark.slow
 def test_predict_gives_member_probabilities(view):
-    images = train.load_split(view.config, "test").images[:5]
+    images = run_lib.load_split(view.config, "test").images[:5]
     probs = view.predict(images)
     assert probs.shape == (2, 5, 10) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
@@ -232,7 +231,7 @@ def test_combine_refuses_runs_with_other_labels(run_dir, tmp_path):
 
 @pytest.mark.slow
 def test_cli_writes_eval_json_and_prints(run_dir, results, capsys):
-    assert evaluate.main([f"--workdir={run_dir}"]) == 0
+    assert evaluate_main.main([f"--workdir={run_dir}"]) == 0
     written = json.loads((run_dir / "eval_test.json").read_text())
     assert written["checkpoint_step"] == results["checkpoint_step"]
     assert written["accuracy"] == results["ensemble"]["test_accuracy"]
@@ -246,22 +245,23 @@ def test_missing_checkpoint_is_one_clear_error(tmp_path):
     assert view.results is None and view.predictions is None and view.metrics == []
     with pytest.raises(checkpoint.CheckpointError, match=f"no checkpoint in {tmp_path / 'run'}"):
         view.evaluate()
-    with pytest.raises(analysis.AnalysisError, match="predictions.npz not found"):
+    with pytest.raises(runfolder.RunFolderError, match="predictions.npz not found"):
         view.plot("confusion")
 
 
-@pytest.mark.parametrize("name", ["results.json", "config.json", "predictions.npz", "metrics.jsonl"])
+@pytest.mark.parametrize("name", ["results.json", "config.json", "classes.json", "predictions.npz",
+                                  "metrics.jsonl"])
 def test_damaged_file_is_named(tmp_path, name):
     workdir = write_config(tmp_path / "run")
     write_bytes(workdir / name, b"{not json")
-    with pytest.raises(analysis.AnalysisError, match=f"{workdir / name} is damaged"):
+    with pytest.raises(runfolder.RunFolderError, match=f"{workdir / name} is damaged"):
         analysis.load_run(workdir)
 
 
 def test_missing_run_directory(tmp_path):
     with pytest.raises(analysis.AnalysisError, match="is not a folder"):
         analysis.load_run(tmp_path / "nope")
-    with pytest.raises(analysis.AnalysisError, match="config.json not found"):
+    with pytest.raises(runfolder.RunFolderError, match="config.json not found"):
         analysis.load_run(tmp_path)
 
 
@@ -273,10 +273,10 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, damage, message):
     workdir = write_config(tmp_path / "run")
     if damage:
         write_bytes(workdir / damage, b"{not json")
-    proc = subprocess.run([sys.executable, "-m", "mnist_jax.evaluate", f"--workdir={workdir}"],
+    proc = subprocess.run([sys.executable, "-m", "mnist_jax.evaluate_main", f"--workdir={workdir}"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mnist_jax.evaluate: error: "), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("mnist_jax.evaluate_main: error: "), proc.stderr
     assert message in lines[0] and str(workdir) in lines[0]
     assert not list(workdir.glob("eval_*.json"))

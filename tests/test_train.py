@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_jax import checkpoint, config as config_lib, data, train
+from mnist_jax import checkpoint, config as config_lib, data, run as run_lib, runfolder, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,12 +30,9 @@ def small(config, **overrides):
 
 
 def final_state(workdir, config):
-    """The newest checkpoint of a run, restored into the structure the config builds."""
-    run = train.init_run(config, 10, steps_per_epoch=1)
-    tree, meta = checkpoint.restore_latest(checkpoint.manager(workdir, 3),
-                                           {"state": run.state, "metrics": run.metrics},
-                                           config_lib.fingerprint(config))
-    return jax.tree.map(np.asarray, tree["state"]), meta
+    """The members and step of a run's newest readable checkpoint, as the config builds them."""
+    state = run_lib.restore(run_lib.setup(config, 10, steps_per_epoch=1), workdir)
+    return jax.tree.map(np.asarray, state.members), state.step
 
 
 class StopAfter:
@@ -65,8 +62,8 @@ def test_kill_and_resume_equals_uninterrupted(mnist_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "_StopSignal", lambda: StopAfter(4))
     with pytest.raises(train.Interrupted, match="run the same command to resume"):
         train.train_and_evaluate(config, tmp_path / "resumed")
-    _, meta = final_state(tmp_path / "resumed", config)
-    assert meta["step"] == 11  # mid-way through epoch 2
+    _, step = final_state(tmp_path / "resumed", config)
+    assert step == 11  # mid-way through epoch 2
     monkeypatch.undo()
     resumed = train.train_and_evaluate(config, tmp_path / "resumed")
 
@@ -101,8 +98,8 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous(mnist_dir, tmp_
     for f in (tmp_path / "checkpoints" / "16" / "state").rglob("*"):
         if f.is_file():
             f.write_bytes(b"garbage")
-    state, meta = final_state(tmp_path, config)
-    assert meta["step"] == 8
+    _, step = final_state(tmp_path, config)
+    assert step == 8
     assert "unreadable" in caplog.text
 
 
@@ -117,9 +114,9 @@ def test_quick_config_end_to_end_reads_test_only_at_the_end(mnist_dir, tmp_path,
 
     monkeypatch.setattr(data, "load", spy)
     epochs_done = []
-    real_append = train.append_jsonl
-    monkeypatch.setattr(train, "append_jsonl",
-                        lambda path, record: (epochs_done.append(list(reads)), real_append(path, record)))
+    real_write = runfolder.MetricWriter.write
+    monkeypatch.setattr(runfolder.MetricWriter, "write",
+                        lambda self, record: (epochs_done.append(list(reads)), real_write(self, record)))
     config = small(load_config("quick"), num_members=2, num_epochs=1)
     results = train.train_and_evaluate(config, tmp_path)
 
@@ -128,7 +125,7 @@ def test_quick_config_end_to_end_reads_test_only_at_the_end(mnist_dir, tmp_path,
     assert results["num_members"] == 2 and len(results["members"]) == 2
     assert 0.2 < results["ensemble"]["test_accuracy"] <= 1.0  # 8 steps: well above chance (0.1)
     assert results["checkpoint_step"] == 8
-    for name in ("config.json", "metrics.jsonl", "results.json", "predictions.npz",
+    for name in ("config.json", "classes.json", "metrics.jsonl", "results.json", "predictions.npz",
                  "misclassified.png", "confusion.png", "curves.png", "ensemble_size.png",
                  "reliability.png"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -161,22 +158,22 @@ def test_bad_configs_are_refused_before_compiling(field, value, message):
     config = load_config("quick")
     setattr(config, field, value)
     with pytest.raises(config_lib.ConfigError, match=message):
-        config_lib.validate(config)
+        run_lib.validate(config)
 
 
 def test_bad_sections_are_refused_with_the_field_name():
     config = load_config("quick")
     config.optim.schedule.name = "cosine_restarts"
     with pytest.raises(ValueError, match="cosine_restarts"):
-        config_lib.validate(config)
+        run_lib.validate(config)
     config = load_config("quick")
     config.augment.rotation = -5.0
     with pytest.raises(ValueError, match="rotation"):
-        config_lib.validate(config)
+        run_lib.validate(config)
     config = load_config("quick")
     config.model_overrides.filters = 8  # tiny20k has no such field
     with pytest.raises(ValueError, match="filters"):
-        config_lib.validate(config)
+        run_lib.validate(config)
 
 
 def test_a_batch_larger_than_the_split_is_refused():
@@ -191,7 +188,7 @@ def test_a_batch_larger_than_the_split_is_refused():
                                       ("baseline", None), ("simple", "m3"), ("simple", "m5"),
                                       ("simple", "m7")])
 def test_every_reference_config_is_valid(name, arg):
-    config_lib.validate(load_config(name, arg))
+    run_lib.validate(load_config(name, arg))
 
 
 REFERENCE_CONFIGS = [("senet_ensemble", None), ("deotte15", None), ("tiny20k", None),
@@ -214,5 +211,5 @@ def test_every_reference_config_trains_checkpoints_and_resumes(name, arg, mnist_
         monkeypatch.setattr(train, "_StopSignal", lambda: StopAfter(1))  # one step, then stop
         with pytest.raises(train.Interrupted, match=f"at step {attempt}"):
             train.train_and_evaluate(config, tmp_path)
-        _, meta = final_state(tmp_path, config)
-        assert meta["step"] == attempt  # the second run resumed from the first one's step
+        _, step = final_state(tmp_path, config)
+        assert step == attempt  # the second run resumed from the first one's step

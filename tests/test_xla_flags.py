@@ -46,7 +46,7 @@ def test_configure_cpu_gives_one_cpu_device_per_core():
 
 
 def test_importing_mnist_jax_changes_nothing():
-    code = ("import os, mnist_jax.main, mnist_jax.analysis, mnist_jax.evaluate\n"
+    code = ("import os, mnist_jax.main, mnist_jax.analysis, mnist_jax.evaluate_main\n"
             "print(os.environ.get('XLA_FLAGS')); print(jax.device_count())")
     flags, count = _run(code, CLEAN_ENV, configure=False).split()
     assert flags == "None" and int(count) == 1

@@ -1,0 +1,49 @@
+"""Re-evaluate a run folder from its newest checkpoint (finished or interrupted) and write
+eval_<split>[_<dataset>][_tta].json beside it.
+
+    python -m mnist_jax.evaluate_main --workdir=DIR [--split=test|validation] [--dataset=NAME] [--tta]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from mnist_jax import analysis, platform, runfolder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mnist_jax.evaluate_main",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", required=True, help="run folder of python -m mnist_jax.main")
+    parser.add_argument("--split", default="test", choices=("test", "validation"))
+    parser.add_argument("--dataset", default=None,
+                        help="'mnist', 'idx:<dir>' or 'image_folder:<dir>' (default: the run's own)")
+    parser.add_argument("--tta", action="store_true", help="average test-time-augmented passes")
+    args = parser.parse_args(argv)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it reads
+    platform.configure_cpu()
+    try:
+        view = analysis.load_run(args.workdir)
+        result = view.evaluate(dataset=args.dataset, split=args.split, tta=args.tta)
+        path = runfolder.write_evaluation(Path(args.workdir), result, split=args.split,
+                                          dataset=args.dataset, tta=args.tta)
+    except (ValueError, OSError) as e:  # DataError, ConfigError, CheckpointError, RunFolderError, ...
+        print(f"mnist_jax.evaluate_main: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    tta = f", TTA x{result['tta_samples']}" if result["tta_samples"] else ""
+    print(f"evaluated checkpoint step {result['checkpoint_step']} of {args.workdir} on "
+          f"{result['dataset']} {args.split} ({result['num_examples']} images){tta}")
+    print(f"{'':10s} {'accuracy':>9s} {'NLL':>8s}")
+    for i, (acc, nll) in enumerate(zip(result["member_accuracy"], result["member_nll"])):
+        print(f"member {i:<3d} {acc:9.4f} {nll:8.4f}")
+    print(f"{'ensemble':10s} {result['accuracy']:9.4f} {result['nll']:8.4f}  ECE {result['ece']:.4f}  "
+          f"vote {result['accuracy_vote']:.4f}  errors {result['errors']}")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""What a config builds: a run's static parts (model, optimiser, mesh, strategy, predictors) and its
+state, freshly initialised or restored from the run folder.
+
+The train loop, `analysis` and the tests all build runs here, so a restored ensemble is made
+exactly as it was trained. `Setup` holds no arrays: it can be built outside `jax.eval_shape`
+and the abstract state traced from it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mnist_jax import augment, checkpoint, config as config_lib, data, engine, models, optim, runfolder
+
+
+class Setup(NamedTuple):
+    """The static parts of a run: no arrays, the same for a fresh and a restored run."""
+    config: ml_collections.ConfigDict
+    model: Any
+    tx: Any
+    mesh: Any
+    strategy: str
+
+
+class State(NamedTuple):
+    """The arrays of a run: every member's state, the running epoch metrics, and the step."""
+    members: dict
+    metrics: dict
+    step: int
+    wall_time_s: float
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Refuse an impossible config in one line, before any data is read or code compiled: the
+    schema's own checks, then each module's for its section."""
+    config_lib.validate(config)
+    if config.model not in models.names():
+        raise config_lib.ConfigError(
+            f"config: unknown model {config.model!r}; valid: {', '.join(models.names())}")
+    models.get(config.model, **config.model_overrides.to_dict())
+    augment.build(config.augment)
+    optim.build(config.optim, steps_per_epoch=1, num_epochs=config.num_epochs)
+
+
+def load_split(config: ml_collections.ConfigDict, split: str) -> data.Dataset:
+    """A split of the config's dataset (train cut to `train_subset` when that is set)."""
+    seed = None if config.validation_seed < 0 else config.validation_seed
+    ds = data.load(config.dataset, split, config.data_dir or None, image_size=config.image_size,
+                   validation_size=config.validation_size, validation_seed=seed)
+    if split == "train" and config.train_subset:
+        ds = ds._replace(images=ds.images[:config.train_subset], labels=ds.labels[:config.train_subset])
+    return ds
+
+
+def setup(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int) -> Setup:
+    """Model, optimiser (its schedule needs the epoch length), mesh and member strategy.
+
+    A restored run may pass any `steps_per_epoch`: the optimiser state's structure does not
+    depend on the schedule's length.
+    """
+    dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
+    model = models.get(config.model, num_classes=num_classes, dtype=dtype,
+                       **config.model_overrides.to_dict())
+    tx = optim.build(config.optim, steps_per_epoch=steps_per_epoch, num_epochs=config.num_epochs)
+    strategy = engine.default_strategy() if config.member_strategy == "auto" else config.member_strategy
+    return Setup(config, model, tx, engine.make_mesh(config.num_members), strategy)
+
+
+def member_keys(setup: Setup) -> jax.Array:
+    return engine.member_keys(setup.config.seed, setup.config.num_members)
+
+
+def new_metrics(setup: Setup) -> dict[str, jax.Array]:
+    return jax.device_put(engine.new_metrics(setup.config.num_members),
+                          engine.member_sharding(setup.mesh))
+
+
+def init_state(setup: Setup) -> State:
+    """Fresh members (each from `seed + i`), laid out over the mesh."""
+    c = setup.config
+    sample = jnp.zeros((1, c.image_size, c.image_size, 1), jnp.float32)
+    members = engine.init_members(setup.model, setup.tx, member_keys(setup), sample,
+                                  ema=bool(c.ema_decay), mesh=setup.mesh)
+    return State(members, new_metrics(setup), 0, 0.0)
+
+
+def _abstract(setup: Setup) -> dict:
+    """Shapes, dtypes and shardings of the checkpointed tree, traced rather than computed."""
+    shapes = jax.eval_shape(lambda: _tree(init_state(setup)))
+    sharding = engine.member_sharding(setup.mesh)  # every leaf is laid out by member
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def _tree(state: State) -> dict:
+    return {"state": state.members, "metrics": state.metrics}
+
+
+def restore(setup: Setup, workdir: Path) -> State | None:
+    """The newest readable checkpoint of `workdir`, or None when it has none."""
+    if not runfolder.has_checkpoint(workdir):
+        return None
+    mngr = checkpoint.manager(workdir, setup.config.keep_checkpoints)
+    try:
+        restored = checkpoint.restore_latest(mngr, _abstract(setup),
+                                             config_lib.fingerprint(setup.config))
+    finally:
+        mngr.close()
+    if restored is None:
+        raise checkpoint.CheckpointError(
+            f"no readable checkpoint in {runfolder.checkpoint_dir(workdir)}: every one failed to "
+            f"load; delete the folder to start over")
+    tree, meta = restored
+    return State(tree["state"], tree["metrics"], int(meta["step"]), float(meta["wall_time_s"]))
+
+
+def save(setup: Setup, mngr: Any, state: State) -> None:
+    meta = {"config": config_lib.fingerprint(setup.config), "step": state.step,
+            "wall_time_s": state.wall_time_s}
+    checkpoint.save(mngr, state.step, _tree(state), meta)
+
+
+def predictor(setup: Setup, *, tta: bool = False) -> Callable:
+    """`predict(members, images_uint8, key) -> logits [M, B, C]`: the EMA parameters when the
+    config keeps them, through the config's test-time augmentation when `tta`."""
+    c = setup.config
+    augment_fn = augment.build(c.augment, test_time=True) if tta else None
+    return engine.make_predict(setup.model, mesh=setup.mesh, strategy=setup.strategy,
+                               use_ema=bool(c.ema_decay), augment_fn=augment_fn)

@@ -1,0 +1,280 @@
+"""The run folder (`--workdir=DIR`): the one owner of every file's name and format in it.
+
+    DIR/config.json           the resolved config
+    DIR/classes.json          the dataset's class names
+    DIR/metrics.jsonl         one record per epoch (`MetricWriter`)
+    DIR/events.out.tfevents.* the same records for TensorBoard (`tensorboard --logdir DIR/..`)
+    DIR/checkpoints/          orbax checkpoints (`mnist_jax.checkpoint` reads and writes them)
+    DIR/results.json          test numbers of the finished ensemble
+    DIR/predictions.npz       per-member test probabilities and labels
+    DIR/eval_*.json           re-evaluations (`python -m mnist_jax.evaluate_main`)
+    DIR/<picture>.png         misclassified, confusion, curves, ensemble_size, reliability
+    DIR/.lock                 held by the process training in DIR
+
+Every file is written atomically (`mnist_jax.atomic`), so a crash leaves the old or the new
+file, never half of one; a damaged file is refused in one line that says how to remake it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import logging
+import os
+import re
+import sys
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from mnist_jax import metrics, plots
+from mnist_jax.atomic import write_bytes, write_json
+
+PICTURES = ("misclassified", "confusion", "curves", "ensemble_size", "reliability")
+_REMAKE = "re-run the training command (it resumes at the last checkpoint and rewrites it)"
+
+
+class RunFolderError(ValueError):
+    """A run-folder file that is missing, damaged or in use; the one line says what to do."""
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _read_json(path: Path, fix: str) -> Any:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunFolderError(f"{path} is damaged ({_one_line(e)}): {fix}") from None
+    if not isinstance(value, dict):
+        raise RunFolderError(f"{path} is damaged (not a JSON object): {fix}")
+    return value
+
+
+# ----------------------------------------------------------------------------- config, classes
+
+
+def write_config(workdir: Path, config: ml_collections.ConfigDict, class_names: tuple[str, ...]
+                 ) -> None:
+    write_json(workdir / "config.json", json.loads(config.to_json()))
+    write_json(workdir / "classes.json", {"class_names": list(class_names)})
+
+
+def read_config(workdir: Path, check: Callable[[ml_collections.ConfigDict], None]
+                ) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
+    """The run's resolved config, passed through `check` (e.g. `run.validate`), and its class
+    names."""
+    fix = ("is this a run folder of python -m mnist_jax.main? Re-running its training command "
+           "rewrites it")
+    path = workdir / "config.json"
+    if not path.exists():
+        raise RunFolderError(f"{path} not found: {fix}")
+    saved = _read_json(path, fix)
+    legacy = saved.pop("class_names", None)  # run folders written before classes.json
+    classes_path = workdir / "classes.json"
+    names = _read_json(classes_path, fix).get("class_names") if classes_path.exists() else legacy
+    if not isinstance(names, list) or not names:
+        raise RunFolderError(f"{classes_path} is missing or damaged (no class_names list): {fix}")
+    config = ml_collections.ConfigDict(saved)
+    try:
+        check(config)
+    except (ValueError, AttributeError, KeyError, TypeError) as e:
+        raise RunFolderError(f"{path} is not a usable config ({_one_line(e)}): {fix}") from None
+    return config, tuple(names)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def read_metrics(workdir: Path) -> list[dict[str, Any]]:
+    """The epoch records of metrics.jsonl ([] before the first epoch)."""
+    path = workdir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunFolderError(f"{path} is damaged ({_one_line(e)}): fix or delete its broken lines"
+                             ) from None
+
+
+def _write_metrics(workdir: Path, records: list[dict[str, Any]]) -> None:
+    write_bytes(workdir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
+
+
+class MetricWriter:
+    """Sends each epoch's record to metrics.jsonl, the log and TensorBoard event files in the run
+    folder, and draws the progress line on a terminal.
+
+    A resumed run drops the records past its checkpoint (they are trained again), in the JSONL
+    and, through TensorBoard's purge step, in the event files. Only the writing process
+    (`enabled`) touches files; every process logs.
+    """
+
+    def __init__(self, workdir: Path, *, num_epochs: int, resume_epoch: int, enabled: bool):
+        self.workdir, self.num_epochs, self.enabled = workdir, num_epochs, enabled
+        self._tensorboard = None
+        if enabled:
+            kept = [r for r in read_metrics(workdir) if r["epoch"] <= resume_epoch]
+            _write_metrics(workdir, kept)
+            from tensorboardX import SummaryWriter  # imported only by a process that writes
+            self._tensorboard = SummaryWriter(str(workdir), purge_step=resume_epoch + 1,
+                                              flush_secs=30)
+
+    def write(self, record: dict[str, Any]) -> None:
+        """One epoch: per-member lists are logged per member and as their mean."""
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        validation = (f"val acc {np.mean(record['val_accuracy']):.4f} ensemble "
+                      f"{record['val_ensemble_accuracy']:.4f} " if "val_accuracy" in record else "")
+        logging.info("epoch %d/%d  train loss %.4f acc %.4f  %slr %.2e  %.0f img/s",
+                     record["epoch"], self.num_epochs, np.mean(record["train_loss"]),
+                     np.mean(record["train_accuracy"]), validation, record["learning_rate"],
+                     record["images_per_s"])
+        if not self.enabled:
+            return
+        _write_metrics(self.workdir, [*read_metrics(self.workdir), record])
+        for key, value in record.items():
+            if key in ("epoch", "step"):
+                continue
+            if isinstance(value, list):
+                for member, v in enumerate(value):
+                    self._tensorboard.add_scalar(f"{key}/member_{member}", v, record["epoch"])
+                value = float(np.mean(value))
+                key = f"{key}/mean"
+            self._tensorboard.add_scalar(key, value, record["epoch"])
+        self._tensorboard.flush()
+
+    def progress(self, epoch: int, done: int, total: int, loss: float, accuracy: float,
+                 images_per_s: float, eta_s: float) -> None:
+        """The progress line of the running epoch, redrawn in place (terminals only)."""
+        if not sys.stderr.isatty():
+            return
+        width = 24
+        bar = "#" * int(width * done / total) + "-" * (width - int(width * done / total))
+        sys.stderr.write(f"\repoch {epoch}/{self.num_epochs} [{bar}] {done}/{total} loss {loss:.4f} "
+                         f"acc {accuracy:.4f} {images_per_s:,.0f} img/s ETA {eta_s:4.0f}s ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def write_results(workdir: Path, results: dict[str, Any], probs: np.ndarray, labels: np.ndarray
+                  ) -> None:
+    """results.json and predictions.npz (per-member test probabilities [M, N, C] and labels)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, probs=probs, labels=labels)
+    write_bytes(workdir / "predictions.npz", buffer.getvalue())
+    write_json(workdir / "results.json", results)
+
+
+def read_results(workdir: Path) -> dict[str, Any] | None:
+    """results.json, or None while the run has not finished its test evaluation."""
+    path = workdir / "results.json"
+    if not path.exists():
+        return None
+    fix = "delete it and " + _REMAKE
+    results = _read_json(path, fix)
+    if not {"members", "ensemble"} <= set(results):
+        raise RunFolderError(f"{path} is damaged (no members/ensemble): {fix}")
+    return results
+
+
+def read_predictions(workdir: Path, num_classes: int) -> dict[str, np.ndarray] | None:
+    """predictions.npz as {'probs': [M, N, C], 'labels': [N]}, or None before the run finished."""
+    path = workdir / "predictions.npz"
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as npz:
+            probs, labels = npz["probs"], npz["labels"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise RunFolderError(f"{path} is damaged ({_one_line(e)}): {_REMAKE}") from None
+    if probs.ndim != 3 or probs.shape[1:] != (len(labels), num_classes):
+        raise RunFolderError(f"{path} is damaged (probs {probs.shape} do not fit {len(labels)} "
+                             f"labels and {num_classes} classes): {_REMAKE}")
+    return {"probs": probs, "labels": labels}
+
+
+def missing_predictions_error(workdir: Path) -> RunFolderError:
+    return RunFolderError(f"{workdir / 'predictions.npz'} not found: the run has not finished; "
+                          f"re-run its training command to finish it")
+
+
+def write_evaluation(workdir: Path, result: dict[str, Any], *, split: str, dataset: str | None,
+                     tta: bool) -> Path:
+    """eval_<split>.json for the run's own data; another dataset or TTA gets its own file."""
+    slug = "" if dataset is None else "_" + re.sub(r"[^A-Za-z0-9]+", "-", dataset).strip("-")
+    path = workdir / f"eval_{split}{slug}{'_tta' if tta else ''}.json"
+    write_json(path, result)
+    return path
+
+
+# ----------------------------------------------------------------------------- pictures
+
+
+def picture_path(workdir: Path, name: str) -> Path:
+    """Where the run keeps picture `name` (one of PICTURES)."""
+    return workdir / f"{name}.png"
+
+
+def write_pictures(workdir: Path, images: np.ndarray, labels: np.ndarray, logits: np.ndarray,
+                   class_names: tuple[str, ...]) -> None:
+    """Every picture of a finished run, from its test logits [M, N, C] and its metrics."""
+    probs = np.asarray(metrics.ensemble_probs(logits))
+    plots.misclassified(picture_path(workdir, "misclassified"), images, labels, probs, class_names)
+    plots.confusion(picture_path(workdir, "confusion"),
+                    np.asarray(metrics.confusion_matrix(probs.argmax(-1), labels, len(class_names))),
+                    class_names)
+    plots.curves(picture_path(workdir, "curves"), read_metrics(workdir))
+    plots.ensemble_size(picture_path(workdir, "ensemble_size"),
+                        np.asarray(metrics.ensemble_size_curve(logits, labels)))
+    plots.reliability(picture_path(workdir, "reliability"),
+                      {k: np.asarray(v) for k, v in metrics.reliability(probs, labels).items()})
+
+
+# ----------------------------------------------------------------------------- checkpoints, lock
+
+
+def checkpoint_dir(workdir: Path) -> Path:
+    return Path(workdir).resolve() / "checkpoints"
+
+
+def has_checkpoint(workdir: Path) -> bool:
+    return any(checkpoint_dir(workdir).glob("[0-9]*"))
+
+
+@contextlib.contextmanager
+def lock(workdir: Path) -> Iterator[None]:
+    """Refuse a second training process on `workdir` while this one holds it.
+
+    An advisory `flock` on DIR/.lock: the kernel drops it when the process ends in any way
+    (kill -9 included), so a stale lock file never blocks the next run.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            raise RunFolderError(f"{workdir} is in use: process {holder} is training in it; wait "
+                                 f"for it to finish or stop it, or use another --workdir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
