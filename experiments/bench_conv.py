@@ -1,7 +1,10 @@
 """Forward+backward speed of `conv.conv_general_dilated` against `lax.conv_general_dilated`.
 
     python experiments/bench_conv.py [--batch 128] [--repeats 5] [--only senet] \
-        [--no-convs | --no-models]
+        [--no-convs | --no-models] [--dtype bfloat16]
+
+"ours" is oneDNN when the extension is loaded (`mnist_jax.platform.conv_backend()`, printed;
+`MNIST_JAX_ONEDNN=0` turns it off), else this project's lax drop-in.
 
 For each convolution of the model zoo: jit(value_and_grad(sum(conv(x, w)))) w.r.t. x and w,
 both versions timed ALTERNATELY in one process (the machine is shared and noisy, so only the
@@ -29,7 +32,7 @@ import optax
 from mnist_jax import models
 from mnist_jax.ops import conv
 from mnist_jax.models import blocks
-from mnist_jax.platform import configure_cpu
+from mnist_jax.platform import configure_cpu, conv_backend
 
 DN = ("NHWC", "HWIO", "NHWC")
 # Whole models for the train-step comparison: the cheap widths of the bench_throughput table.
@@ -106,15 +109,16 @@ def torch_seconds(batch: int, shape: tuple, repeats: int) -> float | None:
     return statistics.median(times)
 
 
-def bench_convs(batch: int, repeats: int, only: str) -> None:
-    print(f"conv fwd+bwd, batch {batch}, median of {repeats}; GFLOP/s (3 convs of work)")
+def bench_convs(batch: int, repeats: int, only: str, dtype: str) -> None:
+    print(f"conv fwd+bwd, batch {batch}, {dtype}, median of {repeats}; GFLOP/s (3 convs of work); "
+          f"ours: {conv_backend()}")
     print(f"{'models':16} {'conv':28} {'lax':>7} {'ours':>7} {'speedup':>8} {'torch':>7}")
     for shape in SHAPES:
         if only not in shape[0]:
             continue
         names, size, cin, cout, k, s, padding = shape
-        x = jax.random.normal(jax.random.key(0), (batch, size, size, cin))
-        w = jax.random.normal(jax.random.key(1), (k, k, cin, cout))
+        x = jax.random.normal(jax.random.key(0), (batch, size, size, cin), dtype)
+        w = jax.random.normal(jax.random.key(1), (k, k, cin, cout), dtype)
 
         def fwd_bwd(f):
             loss = lambda x, w: jnp.sum(f(x, w, (s, s), padding, dimension_numbers=DN))
@@ -125,7 +129,7 @@ def bench_convs(batch: int, repeats: int, only: str) -> None:
         gflop = 3 * 2 * out[0] * out[1] * out[2] * cin * cout * k * k / 1e9
         t = time_alternating({"lax": fwd_bwd(lax.conv_general_dilated),
                               "ours": fwd_bwd(conv.conv_general_dilated)}, (x, w), repeats)
-        torch_t = torch_seconds(batch, shape, repeats)
+        torch_t = torch_seconds(batch, shape, repeats) if dtype == "float32" else None
         torch_col = f"{gflop / torch_t:7.1f}" if torch_t else f"{'-':>7}"
         label = f"{size}x{size} {cin}->{cout} k{k} s{s} {padding}"
         print(f"{names:16} {label:28} {gflop / t['lax']:7.1f} {gflop / t['ours']:7.1f} "
@@ -189,9 +193,11 @@ def main() -> None:
     parser.add_argument("--only", default="", help="only conv shapes of models matching this")
     parser.add_argument("--no-convs", action="store_true", help="skip the per-conv timing")
     parser.add_argument("--no-models", action="store_true", help="skip the whole-model timing")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="per-conv timing dtype (PyTorch is timed in float32 only)")
     args = parser.parse_args()
     if not args.no_convs:
-        bench_convs(args.batch, args.repeats, args.only)
+        bench_convs(args.batch, args.repeats, args.only, args.dtype)
     if not args.no_models:
         bench_models(args.batch, args.repeats)
 

@@ -1,6 +1,6 @@
 """The machine a run is on: XLA:CPU setup for the entry points, and a description for results.
 
-`configure_cpu()` is called by every entry point (`mnist_jax.main`, `mnist_jax.evaluate`, the
+`configure_cpu()` is called by every entry point (`mnist_jax.main`, `mnist_jax.evaluate_main`, the
 experiments, the tests' conftest) before the first JAX computation; a notebook calls it first
 thing to get the same speed. Importing `mnist_jax` changes nothing in the process.
 """
@@ -75,6 +75,15 @@ def cpu_model() -> str:
     except OSError:
         names = []
     return names[0] if names else (platform.processor() or platform.machine())
+
+
+def conv_backend() -> str:
+    """'onednn' when the zoo's convolutions run on oneDNN (mnist_jax.ops.onednn: built, not turned
+    off by MNIST_JAX_ONEDNN=0, JAX's default backend the CPU), else 'xla'; results record it
+    because it changes speed and float rounding. Starts JAX's backends: call after configure_cpu().
+    """
+    from mnist_jax.ops import onednn
+    return "onednn" if jax.default_backend() == "cpu" and onednn.available() else "xla"
 
 
 def device_description() -> str:

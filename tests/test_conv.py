@@ -1,5 +1,6 @@
 """conv.conv_general_dilated: lax's forward pass and kernel gradient exactly, lax's input gradient
-to float32 rounding; conv.bias_add and models.blocks.Conv: flax's nn.Conv to float32 rounding."""
+to float32 rounding (its lax drop-in; with the oneDNN extension loaded the other tests here run
+through oneDNN); conv.bias_add and models.blocks.Conv: flax's nn.Conv to float32 rounding."""
 
 import flax.linen as nn
 import jax
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax.ops import conv
+from mnist_jax.ops import conv, onednn
 from mnist_jax.models import blocks
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -59,8 +60,14 @@ def _assert_close(actual, expected):
     np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=1e-4, atol=1e-5)
 
 
+@pytest.fixture
+def lax_drop_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lax path of ops/conv.py even where oneDNN is loaded (tests/test_onednn.py tests that)."""
+    monkeypatch.setattr(onednn, "available", lambda: False)
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_forward_and_gradients_match_lax(shape):
+def test_forward_and_gradients_match_lax(shape, lax_drop_in):
     x, w, g = _data(shape)
     (y, grads), (y_ref, grads_ref) = (_output_and_grads(f, x, w, g) for f in _convs(shape))
     np.testing.assert_array_equal(np.asarray(y), np.asarray(y_ref))

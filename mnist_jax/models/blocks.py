@@ -29,12 +29,12 @@ def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
 
 
 class Conv(nn.Module):
-    """flax.linen.Conv for NHWC images, with the gradients XLA:CPU runs faster (mnist_jax.ops.conv).
+    """flax.linen.Conv for NHWC images, computed by `mnist_jax.ops.conv.conv2d`.
 
     Every conv of the zoo. Same fields (those the zoo uses), parameter names, shapes, creation
     order and so initial values as `nn.Conv`, so checkpoints and published parameter counts carry
-    over; the strided-conv input gradient and the bias gradient are mnist_jax.ops.conv's (the same
-    numbers; plain lax on GPU/TPU).
+    over; on the CPU the convolution and its bias run on oneDNN when the extension is built, else
+    with the gradients XLA:CPU runs faster (the same numbers; plain lax on GPU/TPU).
     """
 
     features: int
@@ -54,9 +54,7 @@ class Conv(nn.Module):
         bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = conv.conv_general_dilated(x, kernel, _pair(self.strides), self.padding,
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y if bias is None else conv.bias_add(y, bias)
+        return conv.conv2d(x, kernel, bias, _pair(self.strides), self.padding)
 
 
 def prepare_input(x: jax.Array, model: nn.Module, *, min_size: int) -> jax.Array:

@@ -14,8 +14,12 @@ included.
 
 `bias_add` adds a conv's bias with the bias gradient as `norm.channel_sum` (a matmul on the CPU):
 autodiff's per-channel reduction over batch x height x width became slow `reduce-window` loops on
-XLA:CPU, about a sixth of a senet (32 filters) train step in a profile. The zoo uses both through
-`models.blocks.Conv`.
+XLA:CPU, about a sixth of a senet (32 filters) train step in a profile.
+
+When the oneDNN extension is loaded (`mnist_jax.ops.onednn.available()`: built by `pip install` on
+Linux x86-64, not turned off by `MNIST_JAX_ONEDNN=0`), float32/bfloat16 NHWC/HWIO convolutions
+run on oneDNN on the CPU instead, all three passes; everything above is then the fallback. The zoo
+uses all of it through `conv2d` (`models.blocks.Conv`), which also gives the bias to oneDNN.
 """
 
 from collections.abc import Sequence
@@ -26,6 +30,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from mnist_jax.ops import onednn
 from mnist_jax.ops.norm import channel_sum
 
 Pads = tuple[tuple[int, int], ...]
@@ -56,16 +61,38 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
         and lax.conv_dimension_numbers(jnp.shape(lhs), jnp.shape(rhs), dimension_numbers) == _NHWC
         and all(d == 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
         and feature_group_count == 1 and batch_group_count == 1
-        and len(window_strides) == 2 and tuple(window_strides) != (1, 1))
+        and len(window_strides) == 2)
     if not supported:
         return lax_conv(lhs, rhs)
-    strides = tuple(int(s) for s in window_strides)
-    if isinstance(padding, str):
-        pads = lax.padtype_to_pads(jnp.shape(lhs)[1:3], jnp.shape(rhs)[:2], strides, padding)
-    else:
-        pads = padding
-    pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+    strides, pads = _strides_and_pads(lhs, rhs, window_strides, padding)
+    plain = precision is None and preferred_element_type in (None, jnp.dtype(lhs.dtype))
+    if plain and _on_onednn(lhs, rhs, strides, pads):
+        return onednn.conv(lhs, rhs, None, strides, pads)
+    if strides == (1, 1):
+        return lax_conv(lhs, rhs)
     return _conv(lhs, rhs, strides, pads, precision, preferred_element_type)
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, strides: Sequence[int],
+           padding: str | Sequence[tuple[int, int]]) -> jax.Array:
+    """NHWC x HWIO convolution plus an optional bias: one oneDNN primitive (bias fused, bias
+    gradient from the kernel-gradient primitive) when it can, else the functions above."""
+    strides, pads = _strides_and_pads(x, kernel, strides, padding)
+    if _on_onednn(x, kernel, strides, pads) and (bias is None or bias.dtype == x.dtype):
+        return onednn.conv(x, kernel, bias, strides, pads)
+    y = conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN)
+    return y if bias is None else bias_add(y, bias)
+
+
+def _strides_and_pads(x, w, strides, padding) -> tuple[tuple[int, int], Pads]:
+    strides = tuple(int(s) for s in strides)
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(jnp.shape(x)[1:3], jnp.shape(w)[:2], strides, padding)
+    return strides, tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def _on_onednn(x, w, strides, pads) -> bool:
+    return onednn.available() and onednn.supports(x, w, strides, pads)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))

@@ -1,0 +1,168 @@
+"""oneDNN convolutions inside compiled JAX programs, through XLA's FFI (CPU only).
+
+XLA:CPU's convolutions are Eigen's, and its kernel gradient wraps each one in batch/channel
+transposes; PyTorch's are oneDNN's and ran 1.5-2x faster on this project's machines (README,
+"Speed"). `pip install` builds `libmnist_onednn.so` (C++ in `csrc/`, linked against the
+`onednn-cpu-gomp` wheel) on Linux x86-64; this module registers its handlers with XLA and wraps
+them in a `custom_vjp` whose forward pass, input gradient and kernel (and bias) gradient are each
+one oneDNN primitive. Inside that `custom_vjp`, `lax.platform_dependent` keeps lax's convolution on
+every other backend, so a program traced here still runs on a GPU/TPU.
+
+`available()` says whether the handlers are loaded: not when the library was not built (other
+platforms), nor when `MNIST_JAX_ONEDNN=0` turns them off; `mnist_jax.ops.conv` then stays on lax,
+which remains the reference the tests compare with.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+import os
+from pathlib import Path
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+from mnist_jax.platform import _usable_cores
+
+ENV = "MNIST_JAX_ONEDNN"
+THREADS_ENV = "MNIST_JAX_ONEDNN_THREADS"
+LIBRARY = "libmnist_onednn.so"
+_HANDLERS = ("mnist_onednn_conv_fwd", "mnist_onednn_conv_bias_fwd", "mnist_onednn_conv_bwd_data",
+             "mnist_onednn_conv_bwd_weights", "mnist_onednn_conv_bias_bwd_weights")
+_DN = ("NHWC", "HWIO", "NHWC")
+
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+
+def disabled() -> bool:
+    """True when the environment turns the extension off (`MNIST_JAX_ONEDNN=0`)."""
+    return os.environ.get(ENV, "1").strip().lower() in ("0", "false", "off", "no")
+
+
+def library_path() -> Path | None:
+    """Where `pip install` put the built library (next to this module), or None."""
+    from mnist_jax import ops  # its __path__ also lists the install dir in editable installs
+    for directory in ops.__path__:
+        if (Path(directory) / LIBRARY).is_file():
+            return Path(directory) / LIBRARY
+    return None
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    path = None if disabled() else library_path()
+    if path is None:
+        return None
+    lib = ctypes.CDLL(str(path))
+    for name in _HANDLERS:
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+    return lib
+
+
+def available() -> bool:
+    """Whether the oneDNN handlers are built, loaded and not turned off."""
+    return _library() is not None
+
+
+@functools.cache
+def _supports(dtype: np.dtype) -> bool:
+    lib = _library()
+    if lib is None or dtype not in (jnp.float32, jnp.bfloat16):
+        return False
+    return bool(lib.mnist_onednn_supports(int(dtype == jnp.bfloat16)))
+
+
+def supports(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads) -> bool:
+    """Whether `conv(x, w, ...)` can run on oneDNN here: loaded, float32/bfloat16 on this CPU,
+    one dtype for both operands, non-negative padding and a non-empty output."""
+    if jnp.dtype(x.dtype) != jnp.dtype(w.dtype) or not _supports(jnp.dtype(x.dtype)):
+        return False
+    if any(p < 0 for pair in pads for p in pair):
+        return False
+    return all(o > 0 for o in _out_size(x.shape, w.shape, strides, pads))
+
+
+def _out_size(x_shape, w_shape, strides, pads) -> tuple[int, int]:
+    return tuple((x_shape[1 + i] + sum(pads[i]) - w_shape[i]) // strides[i] + 1 for i in range(2))
+
+
+def _attrs(strides: tuple[int, int], pads: Pads) -> dict[str, np.int64]:
+    (sh, sw), ((pt, pb), (pl, pr)) = strides, pads
+    attrs = dict(sh=sh, sw=sw, pt=pt, pb=pb, pl=pl, pr=pr, threads=threads())
+    return {k: np.int64(v) for k, v in attrs.items()}
+
+
+def threads() -> int:
+    """OpenMP threads for a convolution traced here: `MNIST_JAX_ONEDNN_THREADS` if set, else the
+    usable cores shared out among the devices a `shard_map` runs side by side (all of them
+    outside one), so the devices' oneDNN teams do not oversubscribe the cores."""
+    if os.environ.get(THREADS_ENV):
+        return int(os.environ[THREADS_ENV])
+    mesh = jax.sharding.get_abstract_mesh()
+    devices = 1 if mesh.empty else math.prod(mesh.shape[a] for a in mesh.manual_axes)
+    return max(1, _usable_cores() // devices)
+
+
+def _call(name: str, out, *args, strides, pads):
+    _library()  # registers the handlers on first use
+    return jax.ffi.ffi_call(name, out, vmap_method="sequential")(*args, **_attrs(strides, pads))
+
+
+def _lax_conv(x, w, b, strides, pads):
+    y = lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_DN)
+    return y if b is None else y + b
+
+
+def _onednn_forward(x, w, b, strides, pads):
+    out = jax.ShapeDtypeStruct(
+        (x.shape[0], *_out_size(x.shape, w.shape, strides, pads), w.shape[3]), x.dtype)
+    if b is None:
+        return _call("mnist_onednn_conv_fwd", out, x, w, strides=strides, pads=pads)
+    return _call("mnist_onednn_conv_bias_fwd", out, x, w, b, strides=strides, pads=pads)
+
+
+def _onednn_grads(x, w, b, g, strides, pads):
+    dx = _call("mnist_onednn_conv_bwd_data", jax.ShapeDtypeStruct(x.shape, x.dtype), g, w,
+               strides=strides, pads=pads)
+    dw_shape = jax.ShapeDtypeStruct(w.shape, w.dtype)
+    if b is None:
+        dw = _call("mnist_onednn_conv_bwd_weights", dw_shape, x, g, strides=strides, pads=pads)
+        return dx, dw, None
+    dw, db = _call("mnist_onednn_conv_bias_bwd_weights",
+                   (dw_shape, jax.ShapeDtypeStruct(b.shape, b.dtype)), x, g,
+                   strides=strides, pads=pads)
+    return dx, dw, db
+
+
+def _lax_grads(x, w, b, g, strides, pads):
+    return jax.vjp(functools.partial(_lax_conv, strides=strides, pads=pads), x, w, b)[1](g)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def conv(x: jax.Array, w: jax.Array, b: jax.Array | None, strides: tuple[int, int],
+         pads: Pads) -> jax.Array:
+    """NHWC x HWIO convolution (+ bias), oneDNN on the CPU and lax elsewhere, gradients included.
+
+    Call only when `supports(x, w, strides, pads)`; `pads` are explicit (low, high) pairs.
+    """
+    return lax.platform_dependent(
+        x, w, b, cpu=functools.partial(_onednn_forward, strides=strides, pads=pads),
+        default=functools.partial(_lax_conv, strides=strides, pads=pads))
+
+
+def _conv_fwd(x, w, b, strides, pads):
+    return conv(x, w, b, strides, pads), (x, w, b)
+
+
+def _conv_bwd(strides, pads, residuals, g):
+    x, w, b = residuals
+    return lax.platform_dependent(
+        x, w, b, g, cpu=functools.partial(_onednn_grads, strides=strides, pads=pads),
+        default=functools.partial(_lax_grads, strides=strides, pads=pads))
+
+
+conv.defvjp(_conv_fwd, _conv_bwd)
