@@ -50,7 +50,7 @@ import ml_collections
 import numpy as np
 
 from mnist_jax import augment, engine, evaluate, models, optim
-from mnist_jax.platform import configure_cpu, cpu_model
+from mnist_jax.platform import configure_cpu, conv_backend, cpu_model
 
 DEFAULT_MODELS = ("tiny20k", "deotte", "senet", "senet:filters=32", "resnet_committee",
                   "resnet_committee:width=32")
@@ -398,6 +398,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     meta = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": len(jax.devices()),
             "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
             "platform": platform.platform(), "strategy": args.strategy,
+            "conv_backend": conv_backend(),
             "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup,
             "optimizer": {"name": "adam", "learning_rate": LEARNING_RATE, "eps": ADAM_EPS},
             "load_average_before": os.getloadavg()}
