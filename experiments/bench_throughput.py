@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mnist_jax import augment, engine, evaluate, models, optim
+from mnist_jax import augment, engine, models, optim
 from mnist_jax.platform import configure_cpu, conv_backend, cpu_model
 
 DEFAULT_MODELS = ("tiny20k", "deotte", "senet", "senet:filters=32", "resnet_committee",

@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import sys
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -125,8 +126,10 @@ class MetricWriter:
             kept = [r for r in read_metrics(workdir) if r["epoch"] <= resume_epoch]
             _write_metrics(workdir, kept)
             from tensorboardX import SummaryWriter  # imported only by a process that writes
+            # tensorboardX names its file by the second; a suffix in ns keeps a run resumed
+            # within the same second from overwriting it, and the names in time order.
             self._tensorboard = SummaryWriter(str(workdir), purge_step=resume_epoch + 1,
-                                              flush_secs=30)
+                                              flush_secs=30, filename_suffix=f".{time.time_ns()}")
 
     def write(self, record: dict[str, Any]) -> None:
         """One epoch: per-member lists are logged per member and as their mean."""
