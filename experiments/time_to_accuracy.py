@@ -12,8 +12,9 @@ budget. Nothing is chosen from test numbers: the recipe and the wave rule are fi
 run, each wave's test predictions are computed once when that wave ends, and the curve only
 reports them. Peak memory is this process's maximum resident set size (`getrusage`).
 
-Writes OUT/time_to_accuracy.json (every point, the best accuracy reached within 15 and within 60
-minutes, peak memory, machine, load average) and OUT/time_to_accuracy.png.
+Writes OUT/time_to_accuracy.json (every point; the accuracy at 15 and at 60 minutes, i.e. of the
+last ensemble finished within each budget, never the best point of the curve; peak memory,
+machine, load average) and OUT/time_to_accuracy.png.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ sys.path.insert(0, str(REPO))
 
 from mnist_jax import config as config_lib, evaluate, train  # noqa: E402  (the repo on the path first, for a plain checkout)
 from mnist_jax.atomic import write_bytes, write_json  # noqa: E402
-from mnist_jax.platform import configure_cpu, cpu_model, device_description  # noqa: E402
+from mnist_jax.platform import configure_cpu, conv_backend, cpu_model, device_description  # noqa: E402
 
 MILESTONES_MIN = (15, 60)
-TARGETS = {15: 0.9960, 60: 0.9970}  # issue 6's targets, drawn on the plot.
+TARGETS = {15: 0.9965, 60: 0.9975}  # issue 13's targets, drawn on the plot.
 
 
 def load_config(path: Path):
@@ -61,9 +62,13 @@ def ensemble_point(waves: list[Path]) -> tuple[float, int]:
     return float((pred == labels).mean()), int((pred != labels).sum())
 
 
-def best_within(points: list[dict[str, Any]], minutes: float) -> float | None:
+def at_budget(points: list[dict[str, Any]], minutes: float) -> float | None:
+    """Test accuracy of the last ensemble finished within `minutes` (None if none finished).
+
+    The value at the budget, not the best point of the curve: picking the best wave would be a
+    choice made on the test split."""
     reached = [p["test_accuracy"] for p in points if p["wall_time_s"] <= minutes * 60]
-    return max(reached) if reached else None
+    return reached[-1] if reached else None
 
 
 def plot(path: Path, points: list[dict[str, Any]], title: str) -> None:
@@ -140,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "jax_version": jax.__version__,
         "budget_minutes": args.budget_minutes,
         "points": points,
-        **{f"best_within_{m}_min": best_within(points, m) for m in MILESTONES_MIN},
+        "conv_backend": conv_backend(),
+        **{f"accuracy_at_{m}_min": at_budget(points, m) for m in MILESTONES_MIN},
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,  # KiB on Linux
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
@@ -150,8 +156,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plot(out / "time_to_accuracy.png", points,
          f"{summary['config']}: {summary['machine']}, {summary['date']}")
     for m in MILESTONES_MIN:
-        best = summary[f"best_within_{m}_min"]
-        print(f"within {m} min: " + ("no wave finished" if best is None else f"{100 * best:.2f} %"))
+        value = summary[f"accuracy_at_{m}_min"]
+        print(f"at {m} min: " + ("no wave finished" if value is None else f"{100 * value:.2f} %"))
     print(f"peak memory {summary['peak_rss_gb']:.2f} GB; wrote {out / 'time_to_accuracy.json'}")
     return summary
 

@@ -201,6 +201,7 @@ def _test(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdir
         "wall_time_s": state.wall_time_s,
         "train_images_per_s": (np.mean([r["images_per_s"] for r in records]) if records else None),
         "device": platform.device_description(),
+        "conv_backend": platform.conv_backend(),
         "jax_version": jax.__version__,
     }
     if config.tta_samples:
