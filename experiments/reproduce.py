@@ -1,34 +1,42 @@
-"""Train the reference configs and write the reproduction table (markdown) of what was measured.
+"""Train a reference config and record what was measured in experiments/results/reproduction.json.
 
-    python experiments/reproduce.py --budget=0.1 --out=runs/reproduce
-    python experiments/reproduce.py --configs=tiny20k,baseline --budget=1
+    python experiments/reproduce.py --config=deotte15 --members=4
+    python experiments/reproduce.py --config=senet_ensemble --members=2 --epochs=5
+    python experiments/reproduce.py --table        # the README's table, from the JSON
 
-`--budget` scales each recipe's epochs and members down for a CPU (at least 1 of each); the
-table says what was actually run. Every number comes from the run's `results.json`: test
-numbers evaluated once at the end, all choices made on validation.
+Each run is the config's published recipe; `--members` takes fewer members (the first ones, with
+their own seeds), and `--epochs` cuts the schedule only where one member does not fit the time
+(the table then says so). Every number comes from the run's results.json: test numbers
+evaluated once, at the end, every choice made on validation. A run interrupted by a signal
+resumes when the same command is run again; the JSON gets its row only when the run finished.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import os
-import platform
+import json
+import shlex
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import jax
 import numpy as np
 
-from mnist_jax import config as config_lib, train
-from mnist_jax.platform import configure_cpu
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mnist_jax import config as config_lib, train  # noqa: E402  (the repo on the path first, for a plain checkout)
+from mnist_jax.atomic import write_json  # noqa: E402
+from mnist_jax.platform import configure_cpu  # noqa: E402
+
+RESULTS = REPO / "experiments" / "results" / "reproduction.json"
 
 # name -> (config file[:arg], system, published single accuracy, published ensemble accuracy)
 SYSTEMS = {
     "senet_ensemble": ("senet_ensemble", "SE-net ensemble (MNIST-0.17, Keras)", "99.69–99.81", "99.84 (20)"),
-    "deotte15": ("deotte15", "Deotte's 15-CNN ensemble", "≈99.75", "99.79 (15)"),
+    "deotte15": ("deotte15", "Deotte's 15-CNN ensemble", "≈99.75",
+                 "99.79 (15); 99.745 ± 0.020 over 100 trials"),
     "tiny20k": ("tiny20k", "15,578-parameter net (MNIST_99.4)", "99.43", "—"),
     "resnet_committee": ("resnet_committee", "35-member residual committee", "99.73", "99.82 (35)"),
     "baseline": ("baseline", "plain 2-conv baseline (Géron)", "99.14", "—"),
@@ -38,64 +46,108 @@ SYSTEMS = {
 }
 
 
-def load_config(spec: str):
-    name, _, arg = spec.partition(":")
-    return config_lib.from_file(REPO / "configs" / f"{name}.py", arg or None)
+def load_config(name: str):
+    file, _, arg = SYSTEMS[name][0].partition(":")
+    return config_lib.from_file(REPO / "configs" / f"{file}.py", arg or None)
 
 
-def scaled(config, budget: float):
-    """The recipe with epochs and members scaled by `budget`; epoch-based boundaries follow."""
-    if budget >= 1:
-        return config
-    epochs = max(1, math.ceil(config.num_epochs * budget))
-    factor = epochs / config.num_epochs
-    schedule = config.optim.schedule
-    if schedule.name == "piecewise":
-        schedule.boundaries = sorted({min(epochs, max(1, round(b * factor))) for b in schedule.boundaries})
-        schedule["values"] = list(schedule["values"])[: len(schedule.boundaries) + 1]
-    config.num_epochs = epochs
-    config.clean_final_epochs = min(config.clean_final_epochs, max(0, epochs - 1))
-    config.num_members = max(2, math.ceil(config.num_members * budget)) if config.num_members > 1 else 1
+def cut(config, members: int | None, epochs: int | None):
+    """The recipe with fewer members and, if asked, fewer epochs (epoch-based schedule
+    boundaries scaled with them)."""
+    if members is not None:
+        config.num_members = members
+    if epochs is not None and epochs < config.num_epochs:
+        factor = epochs / config.num_epochs
+        schedule = config.optim.schedule
+        if schedule.name == "piecewise":
+            schedule.boundaries = sorted({min(epochs, max(1, round(b * factor)))
+                                          for b in schedule.boundaries})
+            schedule["values"] = list(schedule["values"])[: len(schedule.boundaries) + 1]
+        config.clean_final_epochs = min(config.clean_final_epochs, max(0, epochs - 1))
+        config.num_epochs = epochs
     return config
 
 
-def row(name: str, results: dict, config) -> str:
-    _, system, single, ensemble = SYSTEMS[name]
-    member = np.array([m["test_accuracy"] for m in results["members"]]) * 100
+def run_record(name: str, config, results: dict[str, Any], command: str) -> dict[str, Any]:
+    recipe = load_config(name)
     e = results["ensemble"]
-    tta = f" / TTA {e['test_accuracy_tta'] * 100:.2f}" if "test_accuracy_tta" in e else ""
-    return (f"| {system} | {single} | {ensemble} | {member.mean():.2f} ± {member.std():.2f} | "
-            f"{e['test_accuracy'] * 100:.2f}{tta} | {results['num_members']} | {config.num_epochs} | "
-            f"{results['wall_time_s'] / 60:.1f} min | {results['device']} |")
+    return {
+        "config": name,
+        "members": results["num_members"],
+        "epochs": config.num_epochs,
+        "recipe_members": recipe.num_members,
+        "recipe_epochs": recipe.num_epochs,
+        "member_test_accuracies": [m["test_accuracy"] for m in results["members"]],
+        "ensemble_test_accuracy": e["test_accuracy"],
+        "ensemble_test_accuracy_tta": e.get("test_accuracy_tta"),
+        "ensemble_val_accuracy": e["val_accuracy"],
+        "wall_time_s": results["wall_time_s"],
+        "time_per_epoch_s": results["wall_time_s"] / config.num_epochs,
+        "device": results["device"],
+        "conv_backend": results.get("conv_backend"),
+        "date": time.strftime("%Y-%m-%d"),
+        "command": command,
+    }
 
 
-def main() -> None:
+def record(run: dict[str, Any], path: Path = RESULTS) -> None:
+    """Add `run` to the JSON, replacing an earlier run of the same config, members and epochs."""
+    runs = json.loads(path.read_text())["runs"] if path.exists() else []
+    key = (run["config"], run["members"], run["epochs"])
+    runs = [r for r in runs if (r["config"], r["members"], r["epochs"]) != key] + [run]
+    write_json(path, {"runs": runs})
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    """The README's reproduction table: one row per run, member mean ± std beside the paper."""
+    lines = ["| system | published single | published ensemble | ours: member mean ± std | "
+             "ours: ensemble | members | epochs | wall time | per epoch | date, device, command |",
+             "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    for r in runs:
+        _, system, single, ensemble = SYSTEMS[r["config"]]
+        acc = 100 * np.asarray(r["member_test_accuracies"])
+        tta = (f" (TTA {100 * r['ensemble_test_accuracy_tta']:.2f})"
+               if r.get("ensemble_test_accuracy_tta") is not None else "")
+        members = f"{r['members']} of {r['recipe_members']}"
+        epochs = (f"{r['epochs']}" if r["epochs"] == r["recipe_epochs"]
+                  else f"**{r['epochs']} of {r['recipe_epochs']}**")
+        lines.append(
+            f"| {system} | {single} | {ensemble} | {acc.mean():.2f} ± {acc.std():.2f} | "
+            f"{100 * r['ensemble_test_accuracy']:.2f}{tta} | {members} | {epochs} | "
+            f"{r['wall_time_s'] / 60:.1f} min | {r['time_per_epoch_s']:.0f} s | "
+            f"{r['date']}, {r['device']}, {r['conv_backend']}: `{r['command']}` |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=list(SYSTEMS), help="the reference system to train")
+    parser.add_argument("--members", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--out", default="runs/reproduce", help="folder for the run folders")
+    parser.add_argument("--results", default=str(RESULTS), help="the JSON to add the run to")
+    parser.add_argument("--table", action="store_true", help="print the table of --results")
+    args = parser.parse_args(argv)
+    results_path = Path(args.results)
+    if args.table:
+        if not results_path.exists():
+            parser.error(f"{results_path} does not exist yet: run a config first")
+        print(table(json.loads(results_path.read_text())["runs"]))
+        return
+    if args.config is None:
+        parser.error("pass --config=NAME (or --table)")
+    if (args.members is not None and args.members < 1) or (args.epochs is not None and args.epochs < 1):
+        parser.error("--members and --epochs must be >= 1")
     configure_cpu()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default=",".join(SYSTEMS), help="comma-separated names: " + ", ".join(SYSTEMS))
-    parser.add_argument("--budget", type=float, default=1.0, help="fraction of each recipe's epochs and members")
-    parser.add_argument("--out", default="runs/reproduce", help="folder for the runs and table.md")
-    args = parser.parse_args()
-    names = args.configs.split(",")
-    unknown = [n for n in names if n not in SYSTEMS]
-    if unknown:
-        parser.error(f"unknown config(s) {', '.join(unknown)}; valid: {', '.join(SYSTEMS)}")
-    out = Path(args.out)
-    lines = [
-        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores ({platform.machine()}), "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s), budget {args.budget}: "
-        f"`python experiments/reproduce.py --budget={args.budget} --configs={args.configs}`",
-        "",
-        "| system | published single | published ensemble | ours: single (mean ± std) | ours: ensemble | members | epochs | wall time | device |",
-        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | --- |",
-    ]
-    for name in names:
-        config = scaled(load_config(SYSTEMS[name][0]), args.budget)
-        results = train.train_and_evaluate(config, out / name)
-        lines.append(row(name, results, config))
-        (out / "table.md").write_text("\n".join(lines) + "\n")  # after each run: a partial table survives
-        print(lines[-1], flush=True)
-    print("\n".join(lines))
+    config = cut(load_config(args.config), args.members, args.epochs)
+    workdir = Path(args.out) / f"{args.config}_m{config.num_members}_e{config.num_epochs}"
+    command = shlex.join(["python", "experiments/reproduce.py",
+                          *(sys.argv[1:] if argv is None else argv)])
+    results = train.train_and_evaluate(config, workdir)
+    run = run_record(args.config, config, results, command)
+    record(run, results_path)
+    print(table([run]))
 
 
 if __name__ == "__main__":

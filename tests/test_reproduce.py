@@ -1,0 +1,50 @@
+"""experiments/reproduce.py: a run becomes one row of reproduction.json, and the table is made from it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def reproduce(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(REPO / "experiments"))
+    import reproduce
+    return reproduce
+
+
+def test_cut_takes_fewer_members_and_scales_the_schedule(reproduce):
+    config = reproduce.cut(reproduce.load_config("senet_ensemble"), members=2, epochs=10)
+    assert (config.num_members, config.num_epochs) == (2, 10)
+    assert list(config.optim.schedule.boundaries) == [6, 8]  # 13, 16 of 20 epochs
+    assert len(config.optim.schedule["values"]) == 3
+    assert reproduce.cut(reproduce.load_config("deotte15"), None, None).num_members == 15
+
+
+def test_a_run_is_recorded_once_and_tabled(reproduce, mnist_dir, tmp_path, monkeypatch):
+    real = reproduce.load_config
+
+    def small(name):  # the real recipe on a real-MNIST subset
+        config = real(name)
+        config.train_subset, config.validation_size, config.eval_batch_size = 512, 200, 1000
+        return config
+    monkeypatch.setattr(reproduce, "load_config", small)
+    results = tmp_path / "reproduction.json"
+    args = ["--config=tiny20k", "--epochs=1", f"--out={tmp_path / 'runs'}", f"--results={results}"]
+    reproduce.main(args)
+    reproduce.main(args)  # the same run again replaces its row (it resumes: nothing retrained)
+    runs = json.loads(results.read_text())["runs"]
+    assert len(runs) == 1
+    run = runs[0]
+    assert (run["config"], run["members"], run["epochs"], run["recipe_epochs"]) == ("tiny20k", 1, 1, 19)
+    saved = json.loads((tmp_path / "runs" / "tiny20k_m1_e1" / "results.json").read_text())
+    assert run["ensemble_test_accuracy"] == saved["ensemble"]["test_accuracy"]
+    assert run["member_test_accuracies"] == [saved["members"][0]["test_accuracy"]]
+    assert run["command"].startswith("python experiments/reproduce.py --config=tiny20k --epochs=1")
+    table = reproduce.table(runs).splitlines()
+    assert len(table) == 3 and "| 1 of 1 | **1 of 19** |" in table[2]
+    assert f"{100 * run['ensemble_test_accuracy']:.2f}" in table[2]
