@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import resource
 import sys
@@ -36,7 +35,7 @@ from matplotlib.figure import Figure
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mnist_jax import config as config_lib, evaluate, train  # noqa: E402  (the repo on the path first, for a plain checkout)
+from mnist_jax import config as config_lib, train  # noqa: E402  (the repo on the path first, for a plain checkout)
 from mnist_jax.atomic import write_bytes, write_json  # noqa: E402
 from mnist_jax.platform import configure_cpu, conv_backend, cpu_model, device_description  # noqa: E402
 
