@@ -38,11 +38,13 @@ struct Geometry {
   bool bias;
 };
 
-using Key = std::array<int64_t, 18>;
+// The OpenMP thread count is part of the key: oneDNN fixes a primitive's work split (and so its
+// summation order) for the thread count current when the primitive is created.
+using Key = std::array<int64_t, 19>;
 
 Key MakeKey(Op op, const Geometry& g) {
   return {static_cast<int64_t>(op), static_cast<int64_t>(g.dt), g.n, g.h, g.w, g.c, g.o, g.kh,
-          g.kw, g.oh, g.ow, g.sh, g.sw, g.pt, g.pb, g.pl, g.pr, g.bias};
+          g.kw, g.oh, g.ow, g.sh, g.sw, g.pt, g.pb, g.pl, g.pr, g.bias, omp_get_max_threads()};
 }
 
 const dnnl::engine& Engine() {
@@ -192,8 +194,7 @@ void* Data(ffi::AnyBuffer b) { return b.untyped_data(); }
 // Runs op on the calling thread's stream: `args` holds the activation/gradient memories, the
 // kernel (or kernel gradient) goes through the entry's reorder when it has one.
 void Run(const Entry& e, const memory::desc& user_weights, void* weights, int weights_arg,
-         std::unordered_map<int, memory> args, int64_t threads) {
-  if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
+         std::unordered_map<int, memory> args) {
   dnnl::stream& s = Stream();
   memory user(user_weights, Engine(), weights);
   std::optional<memory> prim_weights;
@@ -213,10 +214,12 @@ void Run(const Entry& e, const memory::desc& user_weights, void* weights, int we
   s.wait();
 }
 
+// Runs fn(data type) on `threads` OpenMP threads (0: OpenMP's default), oneDNN errors returned.
 template <typename Fn>
-ffi::Error Guard(ffi::DataType t, Fn fn) {
+ffi::Error Guard(ffi::DataType t, int64_t threads, Fn fn) {
   auto dt = DataType(t);
   if (!dt) return ffi::Error::InvalidArgument("mnist_onednn: only float32 and bfloat16");
+  if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
   try {
     fn(*dt);
   } catch (const dnnl::error& err) {
@@ -227,33 +230,32 @@ ffi::Error Guard(ffi::DataType t, Fn fn) {
 
 ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer k, std::optional<ffi::AnyBuffer> b,
                    ffi::Result<ffi::AnyBuffer> y, const Attrs& a) {
-  return Guard(x.element_type(), [&](memory::data_type dt) {
+  return Guard(x.element_type(), a[6], [&](memory::data_type dt) {
     Geometry g = MakeGeometry(dt, x.dimensions(), k.dimensions(), y->dimensions(), a, b.has_value());
     const Entry& e = Lookup(Op::kFwd, g);
     Descs d = MakeDescs(g);
     std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(d.src, Engine(), Data(x))},
                                          {DNNL_ARG_DST, memory(d.dst, Engine(), Data(*y))}};
     if (b) args[DNNL_ARG_BIAS] = memory(d.bias, Engine(), Data(*b));
-    Run(e, d.weights_user, Data(k), DNNL_ARG_WEIGHTS, std::move(args), a[6]);
+    Run(e, d.weights_user, Data(k), DNNL_ARG_WEIGHTS, std::move(args));
   });
 }
 
 ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer k, ffi::Result<ffi::AnyBuffer> dx,
                         const Attrs& a) {
-  return Guard(dy.element_type(), [&](memory::data_type dt) {
+  return Guard(dy.element_type(), a[6], [&](memory::data_type dt) {
     Geometry g = MakeGeometry(dt, dx->dimensions(), k.dimensions(), dy.dimensions(), a, false);
     const Entry& e = Lookup(Op::kBwdData, g);
     Descs d = MakeDescs(g);
     Run(e, d.weights_user, Data(k), DNNL_ARG_WEIGHTS,
         {{DNNL_ARG_DIFF_DST, memory(d.dst, Engine(), Data(dy))},
-         {DNNL_ARG_DIFF_SRC, memory(d.src, Engine(), Data(*dx))}},
-        a[6]);
+         {DNNL_ARG_DIFF_SRC, memory(d.src, Engine(), Data(*dx))}});
   });
 }
 
 ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dk,
                            std::optional<ffi::Result<ffi::AnyBuffer>> db, const Attrs& a) {
-  return Guard(x.element_type(), [&](memory::data_type dt) {
+  return Guard(x.element_type(), a[6], [&](memory::data_type dt) {
     Geometry g = MakeGeometry(dt, x.dimensions(), dk->dimensions(), dy.dimensions(), a,
                               db.has_value());
     const Entry& e = Lookup(Op::kBwdWeights, g);
@@ -261,7 +263,7 @@ ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi:
     std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(d.src, Engine(), Data(x))},
                                          {DNNL_ARG_DIFF_DST, memory(d.dst, Engine(), Data(dy))}};
     if (db) args[DNNL_ARG_DIFF_BIAS] = memory(d.bias, Engine(), Data(**db));
-    Run(e, d.weights_user, Data(*dk), DNNL_ARG_DIFF_WEIGHTS, std::move(args), a[6]);
+    Run(e, d.weights_user, Data(*dk), DNNL_ARG_DIFF_WEIGHTS, std::move(args));
   });
 }
 
