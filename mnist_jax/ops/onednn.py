@@ -10,9 +10,10 @@ every other backend, so a program traced here still runs on a GPU/TPU.
 
 Threads: oneDNN runs each call on an OpenMP team inside the XLA device thread that calls it. With
 one CPU device per core (`mnist_jax.platform.configure_cpu`) a program on one device gets every
-core, and inside a `shard_map` over k devices each call gets cores / k threads (`threads()`): on 2
-cores, deotte trained 1.5x faster alone with 2 threads than with 1, and members side by side 1.1x
-faster with 1 thread each than with 2 (README, "Speed").
+core, and inside a `shard_map` over k devices each call gets cores / k threads; convs under
+`SMALL_FLOPS` get one (`threads()`). On 2 cores deotte trained 1.5x faster alone with 2 threads
+than with 1, members side by side 1.1x faster with 1 thread each than with 2, and tiny20k alone
+faster with 1 (README, "Speed").
 
 `available()` says whether the handlers are loaded: not when the library was not built (other
 platforms), nor when `MNIST_JAX_ONEDNN=0` turns them off; `mnist_jax.ops.conv` then stays on lax,
@@ -96,26 +97,35 @@ def _out_size(x_shape, w_shape, strides, pads) -> tuple[int, int]:
     return tuple((x_shape[1 + i] + sum(pads[i]) - w_shape[i]) // strides[i] + 1 for i in range(2))
 
 
-def _attrs(strides: tuple[int, int], pads: Pads) -> dict[str, np.int64]:
+def _attrs(x, w, strides: tuple[int, int], pads: Pads) -> dict[str, np.int64]:
+    """The handlers' attributes: strides, pads and the OpenMP threads for this conv's size."""
     (sh, sw), ((pt, pb), (pl, pr)) = strides, pads
-    attrs = dict(sh=sh, sw=sw, pt=pt, pb=pb, pl=pl, pr=pr, threads=threads())
+    oh, ow = _out_size(x.shape, w.shape, strides, pads)
+    flops = 2 * x.shape[0] * oh * ow * math.prod(w.shape)  # each of the three passes
+    attrs = dict(sh=sh, sw=sw, pt=pt, pb=pb, pl=pl, pr=pr, threads=threads(flops))
     return {k: np.int64(v) for k, v in attrs.items()}
 
 
-def threads() -> int:
-    """OpenMP threads for a convolution traced here: `MNIST_JAX_ONEDNN_THREADS` if set, else the
-    usable cores shared out among the devices a `shard_map` runs side by side (all of them
-    outside one), so the devices' oneDNN teams do not oversubscribe the cores."""
+# Below this much work a second OpenMP thread costs more than it gains (tiny20k's convs).
+SMALL_FLOPS = 100e6
+
+
+def threads(flops: float) -> int:
+    """OpenMP threads for a convolution of `flops` traced here: `MNIST_JAX_ONEDNN_THREADS` if set;
+    else one for small convs, else the usable cores shared out among the devices a `shard_map`
+    runs side by side (all of them outside one), so the devices' teams do not oversubscribe."""
     if os.environ.get(THREADS_ENV):
         return int(os.environ[THREADS_ENV])
+    if flops < SMALL_FLOPS:
+        return 1
     mesh = jax.sharding.get_abstract_mesh()
     devices = 1 if mesh.empty else math.prod(mesh.shape[a] for a in mesh.manual_axes)
     return max(1, _usable_cores() // devices)
 
 
-def _call(name: str, out, *args, strides, pads):
+def _call(name: str, out, *args, attrs: dict[str, np.int64]):
     _library()  # registers the handlers on first use
-    return jax.ffi.ffi_call(name, out, vmap_method="sequential")(*args, **_attrs(strides, pads))
+    return jax.ffi.ffi_call(name, out, vmap_method="sequential")(*args, **attrs)
 
 
 def _lax_conv(x, w, b, strides, pads):
@@ -126,21 +136,21 @@ def _lax_conv(x, w, b, strides, pads):
 def _onednn_forward(x, w, b, strides, pads):
     out = jax.ShapeDtypeStruct(
         (x.shape[0], *_out_size(x.shape, w.shape, strides, pads), w.shape[3]), x.dtype)
+    attrs = _attrs(x, w, strides, pads)
     if b is None:
-        return _call("mnist_onednn_conv_fwd", out, x, w, strides=strides, pads=pads)
-    return _call("mnist_onednn_conv_bias_fwd", out, x, w, b, strides=strides, pads=pads)
+        return _call("mnist_onednn_conv_fwd", out, x, w, attrs=attrs)
+    return _call("mnist_onednn_conv_bias_fwd", out, x, w, b, attrs=attrs)
 
 
 def _onednn_grads(x, w, b, g, strides, pads):
+    attrs = _attrs(x, w, strides, pads)
     dx = _call("mnist_onednn_conv_bwd_data", jax.ShapeDtypeStruct(x.shape, x.dtype), g, w,
-               strides=strides, pads=pads)
+               attrs=attrs)
     dw_shape = jax.ShapeDtypeStruct(w.shape, w.dtype)
     if b is None:
-        dw = _call("mnist_onednn_conv_bwd_weights", dw_shape, x, g, strides=strides, pads=pads)
-        return dx, dw, None
+        return dx, _call("mnist_onednn_conv_bwd_weights", dw_shape, x, g, attrs=attrs), None
     dw, db = _call("mnist_onednn_conv_bias_bwd_weights",
-                   (dw_shape, jax.ShapeDtypeStruct(b.shape, b.dtype)), x, g,
-                   strides=strides, pads=pads)
+                   (dw_shape, jax.ShapeDtypeStruct(b.shape, b.dtype)), x, g, attrs=attrs)
     return dx, dw, db
 
 
