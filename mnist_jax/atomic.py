@@ -19,6 +19,8 @@ def write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     try:
         with open(tmp, "xb") as f:
             f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

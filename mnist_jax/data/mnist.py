@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-import secrets
 import shutil
 import subprocess
 import tarfile
@@ -20,6 +19,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Callable, Sequence
 
+from mnist_jax.atomic import write_bytes
 from mnist_jax.data import download, idx
 from mnist_jax.data.errors import DataError, one_line
 
@@ -205,19 +205,10 @@ def _tar_member(tar: tarfile.TarFile, member: str) -> bytes:
 
 
 def _install(cache: Path, blobs: dict[str, bytes]) -> None:
-    """Write each file to a temp file in `cache`, then rename, so no reader sees half a file."""
+    """Each file written atomically into `cache`, so no reader sees half a file."""
     cache.mkdir(parents=True, exist_ok=True)
     for file_name, data in blobs.items():
-        tmp = cache / f".{file_name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"  # unique per writer.
-        try:
-            with open(tmp, "xb") as f:  # unlike mkstemp, honours the umask (0644, not 0600).
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, cache / file_name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_bytes(cache / file_name, data)
 
 
 def _not_found_message(cache: Path, failures: list[str]) -> str:
