@@ -13,7 +13,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from mnist_jax import checkpoint, config as config_lib, data, platform, train
+from mnist_jax import config as config_lib, platform, train
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                 lock_config=True)
@@ -24,9 +24,9 @@ flags.DEFINE_integer("num_processes", 1, "Multi-host only: how many processes.")
 flags.DEFINE_integer("process_id", 0, "Multi-host only: this process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# Errors a user can fix; each carries one line that says what and how.
-USER_ERRORS = (config_lib.ConfigError, data.DataError, checkpoint.CheckpointError,
-               train.TrainingDiverged, ValueError)
+# Errors a user can fix; each carries one line that says what and how. ValueError covers the
+# config, data, checkpoint and run-folder errors; OSError a workdir that cannot be written.
+USER_ERRORS = (train.TrainingDiverged, ValueError, OSError)
 
 
 def _fail(message: str) -> None:
@@ -68,9 +68,12 @@ def main(argv: list[str]) -> None:
     except train.Interrupted as e:
         print(f"mnist_jax: {e}", file=sys.stderr)
         sys.exit(130)
+    except KeyboardInterrupt:  # outside the train loop, which saves the state itself
+        print("mnist_jax: interrupted; the same command resumes from the newest checkpoint",
+              file=sys.stderr)
+        sys.exit(130)
     except USER_ERRORS as e:
-        print(f"mnist_jax: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(e))
     for m in results["members"]:
         print(f"member {m['index']:2d} (seed {m['seed']}): test accuracy {m['test_accuracy']:.4f}")
     e = results["ensemble"]

@@ -53,3 +53,11 @@ def test_a_second_trainer_on_a_workdir_is_refused(mnist_dir, tmp_path):
     assert f"{tmp_path} is in use" in line and "use another --workdir" in line
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "checkpoints").exists()
     assert "tpu" not in proc.stderr.lower()  # JAX's TPU probe line is gone on CPU runs
+
+
+def test_a_workdir_that_is_a_file_is_one_line(mnist_dir, tmp_path):
+    workdir = tmp_path / "taken"
+    workdir.write_text("not a folder")
+    line = one_error_line(run_main("--config=configs/quick.py", f"--workdir={workdir}",
+                                   "--config.train_subset=512", "--config.validation_size=100"))
+    assert str(workdir) in line
