@@ -33,8 +33,6 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax.platform import _usable_cores
-
 ENV = "MNIST_JAX_ONEDNN"
 THREADS_ENV = "MNIST_JAX_ONEDNN_THREADS"
 LIBRARY = "libmnist_onednn.so"
@@ -64,7 +62,11 @@ def _library() -> ctypes.CDLL | None:
     path = None if disabled() else library_path()
     if path is None:
         return None
-    lib = ctypes.CDLL(str(path))
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as err:
+        raise RuntimeError(f"{path} does not load ({err}); reinstall with `pip install -e .`, or "
+                           f"set {ENV}=0 to use XLA's convolutions") from None
     for name in _HANDLERS:
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
     return lib
@@ -120,7 +122,7 @@ def threads(flops: float) -> int:
         return 1
     mesh = jax.sharding.get_abstract_mesh()
     devices = 1 if mesh.empty else math.prod(mesh.shape[a] for a in mesh.manual_axes)
-    return max(1, _usable_cores() // devices)
+    return max(1, len(os.sched_getaffinity(0)) // devices)  # the extension is Linux-only
 
 
 def _call(name: str, out, *args, attrs: dict[str, np.int64]):
