@@ -103,7 +103,7 @@ class RunView:
             test = run_lib.load_split(self.config, "test")
             if not np.array_equal(test.labels, labels):
                 raise AnalysisError(f"the test split of {self.config.dataset!r} no longer matches "
-                                    f"{self.workdir / 'predictions.npz'}; was the data changed?")
+                                    f"{runfolder.predictions_path(self.workdir)}; was the data changed?")
             return plots.misclassified(path, test.images, labels, mean, self.class_names)
         if name == "confusion":
             cm = metrics.confusion_matrix(mean.argmax(-1), labels, len(self.class_names))
@@ -249,8 +249,8 @@ def combine(workdirs: list[str | Path], method: str = "vote") -> dict[str, Any]:
     labels = views[0]._test_predictions()[1]
     for view in views[1:]:
         if not np.array_equal(view._test_predictions()[1], labels):
-            raise AnalysisError(f"{view.workdir / 'predictions.npz'} holds other test labels than "
-                                f"{views[0].workdir / 'predictions.npz'}; combine runs tested on the "
+            raise AnalysisError(f"{runfolder.predictions_path(view.workdir)} holds other test labels than "
+                                f"{runfolder.predictions_path(views[0].workdir)}; combine runs tested on the "
                                 f"same dataset")
     run_probs = np.stack([view._test_predictions()[0].mean(axis=0) for view in views])  # [R, N, C]
     mean = run_probs.mean(axis=0)

@@ -179,7 +179,7 @@ def write_results(workdir: Path, results: dict[str, Any], probs: np.ndarray, lab
     """results.json and predictions.npz (per-member test probabilities [M, N, C] and labels)."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, probs=probs, labels=labels)
-    write_bytes(workdir / "predictions.npz", buffer.getvalue())
+    write_bytes(predictions_path(workdir), buffer.getvalue())
     write_json(workdir / "results.json", results)
 
 
@@ -195,9 +195,13 @@ def read_results(workdir: Path) -> dict[str, Any] | None:
     return results
 
 
+def predictions_path(workdir: Path) -> Path:
+    return workdir / "predictions.npz"
+
+
 def read_predictions(workdir: Path, num_classes: int) -> dict[str, np.ndarray] | None:
     """predictions.npz as {'probs': [M, N, C], 'labels': [N]}, or None before the run finished."""
-    path = workdir / "predictions.npz"
+    path = predictions_path(workdir)
     if not path.exists():
         return None
     try:
@@ -212,7 +216,7 @@ def read_predictions(workdir: Path, num_classes: int) -> dict[str, np.ndarray] |
 
 
 def missing_predictions_error(workdir: Path) -> RunFolderError:
-    return RunFolderError(f"{workdir / 'predictions.npz'} not found: the run has not finished; "
+    return RunFolderError(f"{predictions_path(workdir)} not found: the run has not finished; "
                           f"re-run its training command to finish it")
 
 
