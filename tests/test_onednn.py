@@ -123,6 +123,13 @@ def test_conv2d_without_bias_and_conv_general_dilated_are_onednn():
             _assert_close(got, want, 1e-5)
 
 
+def test_zoo_bfloat16_stays_on_lax():
+    """conv2d routes float32 only: oneDNN's bf16 kernels were slower on this project's machine."""
+    x, w, b, _, strides, pads = _case(ZOO[5], jnp.bfloat16)
+    text = jax.jit(lambda x, w, b: conv.conv2d(x, w, b, strides, pads)).lower(x, w, b).as_text()
+    assert "mnist_onednn" not in text
+
+
 @needs_onednn
 def test_vmap_over_members_and_donation():
     x, w, b, g, strides, pads = _case(ZOO[5])

@@ -17,9 +17,11 @@ autodiff's per-channel reduction over batch x height x width became slow `reduce
 XLA:CPU, about a sixth of a senet (32 filters) train step in a profile.
 
 When the oneDNN extension is loaded (`mnist_jax.ops.onednn.available()`: built by `pip install` on
-Linux x86-64, not turned off by `MNIST_JAX_ONEDNN=0`), float32/bfloat16 NHWC/HWIO convolutions
-run on oneDNN on the CPU instead, all three passes; everything above is then the fallback. The zoo
-uses all of it through `conv2d` (`models.blocks.Conv`), which also gives the bias to oneDNN.
+Linux x86-64, not turned off by `MNIST_JAX_ONEDNN=0`), float32 NHWC/HWIO convolutions run on
+oneDNN on the CPU instead, all three passes; everything above is then the fallback. The zoo uses
+all of it through `conv2d` (`models.blocks.Conv`), which also gives the bias to oneDNN. bfloat16
+stays on lax: oneDNN 3.2's bfloat16 kernels ran slower than its float32 ones on this project's
+Intel machine, some (the strided kernel gradient) 60x slower (README, "Speed").
 """
 
 from collections.abc import Sequence
@@ -92,7 +94,7 @@ def _strides_and_pads(x, w, strides, padding) -> tuple[tuple[int, int], Pads]:
 
 
 def _on_onednn(x, w, strides, pads) -> bool:
-    return onednn.available() and onednn.supports(x, w, strides, pads)
+    return x.dtype == jnp.float32 and onednn.available() and onednn.supports(x, w, strides, pads)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
