@@ -144,7 +144,10 @@ def main(argv: list[str] | None = None) -> None:
     workdir = Path(args.out) / f"{args.config}_m{config.num_members}_e{config.num_epochs}"
     command = shlex.join(["python", "experiments/reproduce.py",
                           *(sys.argv[1:] if argv is None else argv)])
-    results = train.train_and_evaluate(config, workdir)
+    try:
+        results = train.train_and_evaluate(config, workdir)
+    except (train.Interrupted, train.TrainingDiverged, ValueError, OSError) as e:
+        raise SystemExit(f"reproduce: {e}") from None  # Interrupted: the same command resumes
     run = run_record(args.config, config, results, command)
     record(run, results_path)
     print(table([run]))
