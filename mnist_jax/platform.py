@@ -56,7 +56,7 @@ def configure_cpu() -> None:
 
 def _backend_started() -> bool:
     from jax._src import xla_bridge  # no public API tells whether the backends exist yet
-    return bool(xla_bridge._backends)
+    return bool(getattr(xla_bridge, "_backends", None))
 
 
 def _jaxlib_version() -> str:
