@@ -76,7 +76,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                                         resume_epoch=state.step // steps_per_epoch, enabled=primary)
         predict = run_lib.predictor(setup)  # compiled once: validation every epoch, then test
         try:
-            state = _train(setup, state, predict, workdir, train, val, writer, steps_per_epoch)
+            state = _train(setup, state, predict, workdir, train, val, writer, pool)
         finally:
             writer.close()
         # The test split is read here, once, after every choice was made on validation.
@@ -85,14 +85,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
 def _train(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdir: Path,
            train: data.Dataset, val: data.Dataset | None, writer: runfolder.MetricWriter,
-           steps_per_epoch: int) -> run_lib.State:
+           pool: int) -> run_lib.State:
+    """Each member draws its epochs from its own `pool` images (its bag, or all of them)."""
     config, mesh = setup.config, setup.mesh
+    steps_per_epoch = pool // config.batch_size
     num_members = config.num_members
     total_steps = steps_per_epoch * config.num_epochs
     members, epoch_metrics, step, wall_time = state
     keys = run_lib.member_keys(setup)
     mngr = checkpoint.manager(workdir, config.keep_checkpoints)
-    pool = config_lib.member_pool_size(config, len(train.labels))
     images = engine.put_replicated(train.images, mesh)
     labels = engine.put_replicated(train.labels, mesh)
     bags = jax.device_put(engine.member_bags(keys, len(train.labels), pool), engine.member_sharding(mesh))

@@ -6,7 +6,7 @@ pass (deotte's 5x5 stride-2 convs, experiments/bench_conv.py). On the CPU this m
 the same gradient as stride-1 forward convolutions of the output gradient with the flipped,
 in/out-swapped kernel, one per stride phase (sub-pixel form), interleaved back into the input's
 layout. The forward pass, the kernel gradient and everything about stride-1 convs are lax's own
-(measured as fast or faster once YNNPACK convolutions are off: see mnist_jax/__init__.py).
+(measured as fast or faster once YNNPACK convolutions are off: see mnist_jax.platform.configure_cpu).
 
 On other backends (`lax.platform_dependent`) and for anything but strided 2-D NHWC/HWIO
 convolutions without dilation or groups, it is exactly `lax.conv_general_dilated`, gradient
