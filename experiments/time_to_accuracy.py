@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mnist_jax import config as config_lib, train  # noqa: E402  (the repo on the path first, for a plain checkout)
+from mnist_jax import config as config_lib, runfolder, train  # noqa: E402  (the repo on the path first, for a plain checkout)
 from mnist_jax.atomic import write_bytes, write_json  # noqa: E402
 from mnist_jax.platform import configure_cpu, conv_backend, cpu_model, device_description  # noqa: E402
 
@@ -50,13 +50,14 @@ def load_config(path: Path):
         raise SystemExit(f"time_to_accuracy: {e}") from None
 
 
-def ensemble_point(waves: list[Path]) -> tuple[float, int]:
-    """Test accuracy and errors of the equal-weight mean of every member's probabilities."""
+def ensemble_point(waves: list[Path], num_classes: int, tta: bool) -> tuple[float, int]:
+    """Test accuracy and errors of the equal-weight mean of every member's probabilities (its
+    test-time-augmented ones when the config evaluates with TTA)."""
     probs, labels = [], None
     for wave in waves:
-        with np.load(wave / "predictions.npz") as npz:
-            probs.append(npz["probs"])
-            labels = npz["labels"]
+        predictions = runfolder.read_predictions(wave, num_classes)
+        probs.append(predictions["tta_probs" if tta else "probs"])
+        labels = predictions["labels"]
     pred = np.concatenate(probs).mean(axis=0).argmax(-1)
     return float((pred == labels).mean()), int((pred != labels).sum())
 
@@ -116,19 +117,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     points: list[dict[str, Any]] = []
     waves: list[Path] = []
     last_duration = 0.0
+    members_per_wave = config_lib.total_members(base)
     while len(waves) < args.max_waves:
         elapsed = time.perf_counter() - start
         if waves and elapsed + last_duration > args.budget_minutes * 60:
             break
         config = base.copy_and_resolve_references()
-        config.seed = base.seed + len(waves) * base.num_members
+        config.seed = base.seed + len(waves) * members_per_wave
         wave_dir = out / f"wave_{len(waves):02d}"
         results = train.train_and_evaluate(config, wave_dir)
         waves.append(wave_dir)
         now = time.perf_counter() - start
         last_duration = now - elapsed
-        accuracy, errors = ensemble_point(waves)
-        points.append({"wave": len(waves) - 1, "members": len(waves) * base.num_members,
+        accuracy, errors = ensemble_point(waves, results["num_classes"], bool(base.tta_samples))
+        points.append({"wave": len(waves) - 1, "members": len(waves) * members_per_wave,
                        "wall_time_s": now, "test_accuracy": accuracy, "test_errors": errors,
                        "wave_test_accuracy": results["ensemble"]["test_accuracy"],
                        "wave_val_accuracy": results["ensemble"]["val_accuracy"]})

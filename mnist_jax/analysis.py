@@ -21,7 +21,7 @@ from typing import Any, Callable, NamedTuple
 import ml_collections
 import numpy as np
 
-from mnist_jax import checkpoint, metrics, plots, run as run_lib, runfolder
+from mnist_jax import checkpoint, config as config_lib, metrics, plots, run as run_lib, runfolder
 from mnist_jax.evaluate import Evaluator
 
 PLOTS = runfolder.PICTURES
@@ -41,6 +41,10 @@ def restore(workdir: str | Path) -> tuple[run_lib.Setup, run_lib.State]:
     """The static parts and the state of the newest readable checkpoint of a run."""
     workdir = Path(workdir)
     config, class_names = _read_config(workdir)
+    if config.groups:
+        raise AnalysisError(f"{workdir} is a grouped run: restore one of its groups, "
+                            f"{runfolder.group_dir(workdir, next(iter(config.groups)))} or another "
+                            f"in {workdir / 'groups'}")
     setup = run_lib.setup(config, len(class_names), steps_per_epoch=1)
     state = run_lib.restore(setup, workdir)
     if state is None:
@@ -95,8 +99,9 @@ class RunView:
         if name not in PLOTS:
             raise AnalysisError(f"unknown plot {name!r}; choose one of {', '.join(PLOTS)}")
         path = Path(path) if path is not None else runfolder.picture_path(self.workdir, name)
+        names = runfolder.member_names(self.results) if self.results else None
         if name == "curves":
-            return plots.curves(path, self.metrics)
+            return plots.curves(path, self.metrics, names)
         probs, labels = self._test_predictions()
         mean = probs.mean(axis=0)
         if name == "misclassified":
@@ -110,7 +115,8 @@ class RunView:
             return plots.confusion(path, np.asarray(cm), self.class_names)
         if name == "ensemble_size":
             log_probs = np.log(np.clip(probs, 1e-12, 1.0))  # as logits: their softmax is probs.
-            return plots.ensemble_size(path, np.asarray(metrics.ensemble_size_curve(log_probs, labels)))
+            return plots.ensemble_size(path, np.asarray(metrics.ensemble_size_curve(log_probs, labels)),
+                                       names)
         return plots.reliability(path, {k: np.asarray(v)
                                         for k, v in metrics.reliability(mean, labels).items()})
 
@@ -118,11 +124,11 @@ class RunView:
                  ) -> dict[str, Any]:
         """Metrics of the restored ensemble on a split of the run's dataset or of `dataset`
         ('mnist', 'idx:<dir>', 'image_folder:<dir>'): `metrics.summarize` names without prefix,
-        plus dataset, split, checkpoint_step and tta_samples (0 without TTA)."""
+        plus dataset, split, checkpoint_step (per group for a grouped run) and tta_samples (0
+        without TTA)."""
         config = self.config.copy_and_resolve_references()
         if dataset is not None:
             config.dataset = dataset
-        restored = self._restored
         split_data = run_lib.load_split(config, split)
         self._check_images(split_data.images, f"{config.dataset} {split} images")
         if len(split_data.class_names) != len(self.class_names):
@@ -130,12 +136,12 @@ class RunView:
                                 f"run's model predicts {len(self.class_names)}; evaluate on a dataset "
                                 f"with the same classes")
         samples = (config.tta_samples or DEFAULT_TTA_SAMPLES) if tta else 0
-        predict = run_lib.predictor(restored.setup, tta=True) if tta else restored.predict
-        evaluator = Evaluator(predict, split_data.images, split_data.labels,
-                              mesh=restored.setup.mesh, batch_size=config.eval_batch_size,
-                              tta_samples=samples)
-        return {"dataset": config.dataset, "split": split, "checkpoint_step": restored.state.step,
-                "tta_samples": samples, **evaluator.run(restored.state.members)}
+        views = list(self.groups.values()) or [self]
+        logits = np.concatenate([view._logits(split_data.images, samples) for view in views])
+        steps = {name: view._restored.state.step for name, view in self.groups.items()}
+        return {"dataset": config.dataset, "split": split,
+                "checkpoint_step": steps or self._restored.state.step, "tta_samples": samples,
+                **metrics.summarize(logits, split_data.labels, prefix="")}
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Per-member class probabilities [M, N, C] of new uint8 images [N, H, W, 1] or [N, H, W]."""
@@ -143,10 +149,23 @@ class RunView:
         if images.ndim == 3:
             images = images[..., None]
         self._check_images(images, "images")
+        views = list(self.groups.values()) or [self]
+        return np.asarray(metrics.member_probs(
+            np.concatenate([view._logits(images, 0) for view in views])))
+
+    @functools.cached_property
+    def groups(self) -> dict[str, RunView]:
+        """The view of each group of a grouped run, in config order ({} for an ungrouped run)."""
+        return {name: load_run(runfolder.group_dir(self.workdir, name)) for name in config_lib.group_configs(self.config)}
+
+    def _logits(self, images: np.ndarray, tta_samples: int) -> np.ndarray:
+        """Per-member logits [M, N, C] of this (ungrouped) run's restored members."""
         restored = self._restored
-        evaluator = Evaluator(restored.predict, images, np.zeros(len(images), np.int32),
-                              mesh=restored.setup.mesh, batch_size=self.config.eval_batch_size)
-        return np.asarray(metrics.member_probs(evaluator.logits(restored.state.members)))
+        predict = run_lib.predictor(restored.setup, tta=True) if tta_samples else restored.predict
+        evaluator = Evaluator(predict, images, np.zeros(len(images), np.int32),
+                              mesh=restored.setup.mesh, batch_size=self.config.eval_batch_size,
+                              tta_samples=tta_samples)
+        return evaluator.logits(restored.state.members)
 
     def _check_images(self, images: np.ndarray, what: str) -> None:
         size = self.config.image_size
@@ -174,7 +193,7 @@ def load_run(workdir: str | Path) -> RunView:
     if not workdir.is_dir():
         raise AnalysisError(f"{workdir} is not a folder; pass the --workdir of a training run")
     config, class_names = _read_config(workdir)
-    return RunView(workdir, config, class_names, runfolder.read_metrics(workdir),
+    return RunView(workdir, config, class_names, runfolder.read_metrics(workdir, list(config_lib.group_configs(config))),
                    runfolder.read_results(workdir),
                    runfolder.read_predictions(workdir, len(class_names)))
 
@@ -190,8 +209,8 @@ def compare(workdirs: list[str | Path]) -> list[dict[str, Any]]:
         member_acc = [m["test_accuracy"] for m in results.get("members", [])]
         rows.append({
             "name": view.workdir.name,
-            "model": view.config.model,
-            "members": view.config.num_members,
+            "model": results.get("model", view.config.model),
+            "members": config_lib.total_members(view.config),
             "epochs": last.get("epoch", 0),
             "num_epochs": view.config.num_epochs,
             "val_ensemble_accuracy": last.get("val_ensemble_accuracy"),

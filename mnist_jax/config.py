@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import ml_collections
@@ -52,6 +53,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.l1_params = "head/kernel"  # regex on '/'-joined parameter paths that get the L1 penalty.
     c.ema_decay = 0.0  # 0: off; else evaluate an exponential moving average of the parameters.
     c.member_strategy = "auto"  # vmap | unroll (members one after another) | auto (per backend).
+    # Groups: name -> overrides of the fields above for that group's members, e.g.
+    # {"deotte": {"model": "deotte", "num_members": 2}, "m5": {"model": "simple_m5"}}. A grouped
+    # run trains its groups one after another, in name order (members of one architecture share a compiled step)
+    # and is evaluated as one ensemble; empty: one group, this config itself.
+    c.groups = ml_collections.ConfigDict()
     # Evaluation.
     c.eval_batch_size = 1000
     c.tta_samples = 0  # >0: average this many test-time-augmented passes (augment with test_time).
@@ -124,6 +130,53 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"unknown member_strategy {config.member_strategy!r}; valid: {', '.join(MEMBER_STRATEGIES)}")
     need(config.compute_dtype in COMPUTE_DTYPES,
          f"unknown compute_dtype {config.compute_dtype!r}; valid: {', '.join(COMPUTE_DTYPES)}")
+    group_configs(config)  # the groups' own fields are checked by run.validate
+
+
+# What every member of a grouped run shares: the data (so the ensemble is judged on one split)
+# and the seed, from which each group's members get seeds after the previous groups' members.
+GROUP_SHARED = ("dataset", "data_dir", "validation_size", "validation_seed", "image_size",
+                "train_subset", "seed", "groups")
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def group_configs(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
+    """Each group's own config, in the order of their names (as ConfigDict and config.json keep
+    them): this config with the group's overrides applied (a group of another model starts from
+    no model_overrides), its members seeded after those of the groups before it. Empty for an
+    ungrouped config."""
+    configs, seed = {}, config.seed
+    for name in sorted(config.groups):
+        overrides = config.groups[name]
+        if not _GROUP_NAME.fullmatch(name):
+            raise ConfigError(f"config: group name {name!r} must be letters, digits, '_' or '-'")
+        if not isinstance(overrides, ml_collections.ConfigDict):
+            raise ConfigError(f"config: groups.{name} must be a dict of field overrides, "
+                              f"got {overrides!r}")
+        group = config.copy_and_resolve_references()
+        group.groups = ml_collections.ConfigDict()
+        for path in field_paths(overrides):
+            top = path.split(".")[0]
+            if top in GROUP_SHARED:
+                raise ConfigError(f"config: groups.{name}.{path} cannot differ between groups "
+                                  f"(members share {', '.join(GROUP_SHARED[:-1])}); set it "
+                                  f"outside groups")
+            problem = None if top == "model_overrides" else unknown_field(group, path)
+            if problem:
+                raise ConfigError(f"{problem} (in groups.{name})")
+        if overrides.get("model", config.model) != config.model:
+            group.model_overrides = ml_collections.ConfigDict()  # they were the other model's
+        group.update(overrides.to_dict())
+        group.seed = seed
+        seed += group.num_members
+        configs[name] = group
+    return configs
+
+
+def total_members(config: ml_collections.ConfigDict) -> int:
+    """Members of the whole ensemble: the groups' together, or num_members without groups."""
+    groups = group_configs(config)
+    return sum(g.num_members for g in groups.values()) if groups else config.num_members
 
 
 def check_batch_fits(config: ml_collections.ConfigDict, train_size: int) -> None:

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mnist_jax import analysis, platform, runfolder
+from mnist_jax import analysis, config as config_lib, platform, runfolder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,8 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"evaluated checkpoint step {result['checkpoint_step']} of {args.workdir} on "
           f"{result['dataset']} {args.split} ({result['num_examples']} images){tta}")
     print(f"{'':10s} {'accuracy':>9s} {'NLL':>8s}")
-    for i, (acc, nll) in enumerate(zip(result["member_accuracy"], result["member_nll"])):
-        print(f"member {i:<3d} {acc:9.4f} {nll:8.4f}")
+    groups = config_lib.group_configs(view.config).values() or [view.config]
+    models = [g.model for g in groups for _ in range(g.num_members)]
+    for i, (acc, nll, model) in enumerate(zip(result["member_accuracy"], result["member_nll"], models)):
+        print(f"member {i:<3d} {acc:9.4f} {nll:8.4f}  {model}")
     print(f"{'ensemble':10s} {result['accuracy']:9.4f} {result['nll']:8.4f}  ECE {result['ece']:.4f}  "
           f"vote {result['accuracy_vote']:.4f}  errors {result['errors']}")
     print(f"wrote {path}")

@@ -75,7 +75,8 @@ def main(argv: list[str]) -> None:
     except USER_ERRORS as e:
         _fail(str(e))
     for m in results["members"]:
-        print(f"member {m['index']:2d} (seed {m['seed']}): test accuracy {m['test_accuracy']:.4f}")
+        print(f"member {m['index']:2d} ({m['model']}, seed {m['seed']}): "
+              f"test accuracy {m['test_accuracy']:.4f}")
     e = results["ensemble"]
     print(f"ensemble of {results['num_members']}: test accuracy {e['test_accuracy']:.4f} "
           f"(vote {e['test_accuracy_vote']:.4f}), {e['test_errors']} errors, "

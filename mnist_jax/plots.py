@@ -153,11 +153,13 @@ def _per_member(records: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np
     return np.array([e for e, _ in rows]), np.stack([v for _, v in rows])
 
 
-def curves(path: PathLike, records: list[dict[str, Any]]) -> str:
+def curves(path: PathLike, records: list[dict[str, Any]],
+           member_names: Sequence[str] | None = None) -> str:
     """Per-member train (solid) and validation (dashed) loss and accuracy by epoch, the
     validation ensemble in black when logged, and the learning rate.
 
     `records` are metrics.jsonl lines; lines without an 'epoch' (if any) are skipped.
+    `member_names` (e.g. each member's model) name the member colours in the legend.
     """
     records = [r for r in records if "epoch" in r]
     if not records:
@@ -180,6 +182,9 @@ def curves(path: PathLike, records: list[dict[str, Any]]) -> str:
             legend["ensemble"] = Line2D([], [], color="black", lw=2, label="val ensemble")
         if metric == "loss" and ax.lines and all(l.get_ydata().min() > 0 for l in ax.lines):
             ax.set_yscale("log")
+    if member_names is not None:
+        legend.update({f"m{m}": Line2D([], [], color=f"C{m % 10}", label=f"{m}: {name}")
+                       for m, name in enumerate(member_names)})
     if legend:
         axes[0].legend(handles=list(legend.values()), fontsize=8, title="colour = member",
                        title_fontsize=8)
@@ -197,8 +202,10 @@ def curves(path: PathLike, records: list[dict[str, Any]]) -> str:
     return _save(fig, path)
 
 
-def ensemble_size(path: PathLike, curve: np.ndarray) -> str:
-    """Accuracy of the ensemble of the first k members against k (metrics.ensemble_size_curve)."""
+def ensemble_size(path: PathLike, curve: np.ndarray, member_names: Sequence[str] | None = None
+                  ) -> str:
+    """Accuracy of the ensemble of the first k members against k (metrics.ensemble_size_curve);
+    `member_names` label each k with the member it adds."""
     curve = np.asarray(curve, float)
     if curve.ndim != 1 or not len(curve):
         raise ValueError(f"curve must be a non-empty [M] array of accuracies; got shape "
@@ -212,7 +219,11 @@ def ensemble_size(path: PathLike, curve: np.ndarray) -> str:
                     textcoords="offset points", ha="center", fontsize=8)
     ax.set_xlabel("ensemble size (first k members)")
     ax.set_ylabel("accuracy (%)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if member_names is not None:
+        ax.set_xticks(sizes, [f"{k} {name}" for k, name in zip(sizes, member_names)],
+                      rotation=90, fontsize=7)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.margins(x=0.1, y=0.2)
     ax.grid(alpha=0.3)
     ax.set_title("accuracy vs ensemble size")

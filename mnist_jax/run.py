@@ -37,8 +37,13 @@ class State(NamedTuple):
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Refuse an impossible config in one line, before any data is read or code compiled: the
-    schema's own checks, then each module's for its section."""
+    schema's own checks, then each module's for its section (for every group of a grouped config)."""
     config_lib.validate(config)
+    for name, group in config_lib.group_configs(config).items():
+        try:
+            validate(group)
+        except ValueError as e:
+            raise config_lib.ConfigError(f"{e} (in groups.{name})") from None
     if config.model not in models.names():
         raise config_lib.ConfigError(
             f"config: unknown model {config.model!r}; valid: {', '.join(models.names())}")

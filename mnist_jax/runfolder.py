@@ -6,7 +6,8 @@
     DIR/events.out.tfevents.* the same records for TensorBoard (`tensorboard --logdir DIR/..`)
     DIR/checkpoints/          orbax checkpoints (`mnist_jax.checkpoint` reads and writes them)
     DIR/results.json          test numbers of the finished ensemble
-    DIR/predictions.npz       per-member test probabilities and labels
+    DIR/predictions.npz       per-member test (and validation) probabilities and labels
+    DIR/groups/<name>/        a grouped run's groups, each an ordinary run folder
     DIR/eval_*.json           re-evaluations (`python -m mnist_jax.evaluate_main`)
     DIR/<picture>.png         misclassified, confusion, curves, ensemble_size, reliability
     DIR/.lock                 held by the process training in DIR
@@ -27,7 +28,7 @@ import re
 import sys
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ import numpy as np
 from mnist_jax import metrics, plots
 from mnist_jax.atomic import write_bytes, write_json
 
+PREDICTION_KEYS = ("probs", "labels", "tta_probs", "val_probs", "val_labels")
 PICTURES = ("misclassified", "confusion", "curves", "ensemble_size", "reliability")
 _REMAKE = "re-run the training command (it resumes at the last checkpoint and rewrites it)"
 
@@ -94,8 +96,15 @@ def read_config(workdir: Path, check: Callable[[ml_collections.ConfigDict], None
 # ----------------------------------------------------------------------------- metrics
 
 
-def read_metrics(workdir: Path) -> list[dict[str, Any]]:
-    """The epoch records of metrics.jsonl ([] before the first epoch)."""
+PER_MEMBER_METRICS = ("train_loss", "train_accuracy", "val_accuracy", "val_loss")
+
+
+def read_metrics(workdir: Path, groups: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The epoch records of metrics.jsonl ([] before the first epoch). For a grouped run (the
+    names of its `groups`, in order), the groups' per-member numbers joined epoch by epoch,
+    members in group order, None where a group has no such epoch."""
+    if groups:
+        return _join_group_metrics([read_metrics(group_dir(workdir, name)) for name in groups])
     path = workdir / "metrics.jsonl"
     if not path.exists():
         return []
@@ -104,6 +113,20 @@ def read_metrics(workdir: Path) -> list[dict[str, Any]]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RunFolderError(f"{path} is damaged ({_one_line(e)}): fix or delete its broken lines"
                              ) from None
+
+
+def _join_group_metrics(per_group: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    by_epoch = [{r["epoch"]: r for r in records} for records in per_group]
+    sizes = [max((len(r.get("train_loss", ())) for r in records), default=0) for records in per_group]
+    joined = []
+    for epoch in sorted(set().union(*by_epoch)):
+        record = {"epoch": epoch}
+        for key in PER_MEMBER_METRICS:
+            if any(key in g.get(epoch, {}) for g in by_epoch):
+                record[key] = [v for g, size in zip(by_epoch, sizes)
+                               for v in g.get(epoch, {}).get(key, [None] * size)]
+        joined.append(record)
+    return joined
 
 
 def _write_metrics(workdir: Path, records: list[dict[str, Any]]) -> None:
@@ -174,11 +197,18 @@ class MetricWriter:
 # ----------------------------------------------------------------------------- results
 
 
-def write_results(workdir: Path, results: dict[str, Any], probs: np.ndarray, labels: np.ndarray
+def write_results(workdir: Path, results: dict[str, Any], predictions: dict[str, np.ndarray]
                   ) -> None:
-    """results.json and predictions.npz (per-member test probabilities [M, N, C] and labels)."""
+    """results.json and predictions.npz: per-member test probabilities `probs` [M, N, C] and
+    `labels` [N]; optionally `tta_probs` [M, N, C] (test-time augmented) and `val_probs`
+    [M, V, C] with `val_labels` [V] of the validation split, so ensembles of runs or groups can
+    be judged on validation too."""
+    unknown = set(predictions) - set(PREDICTION_KEYS)
+    if unknown or not {"probs", "labels"} <= set(predictions):
+        raise ValueError(f"predictions need probs and labels, and only {PREDICTION_KEYS}; got "
+                         f"{sorted(predictions)}")
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, probs=probs, labels=labels)
+    np.savez_compressed(buffer, **predictions)
     write_bytes(predictions_path(workdir), buffer.getvalue())
     write_json(workdir / "results.json", results)
 
@@ -195,24 +225,42 @@ def read_results(workdir: Path) -> dict[str, Any] | None:
     return results
 
 
+def member_names(results: dict[str, Any]) -> list[str] | None:
+    """'group (model)' of each member of a grouped run's results (just the model where the group
+    is named after it); None for an ungrouped run, whose members all share one model."""
+    if "groups" not in results:
+        return None
+    return [m["model"] if m["group"] == m["model"] else f"{m['group']} ({m['model']})"
+            for m in results["members"]]
+
+
 def predictions_path(workdir: Path) -> Path:
     return workdir / "predictions.npz"
 
 
 def read_predictions(workdir: Path, num_classes: int) -> dict[str, np.ndarray] | None:
-    """predictions.npz as {'probs': [M, N, C], 'labels': [N]}, or None before the run finished."""
+    """predictions.npz as {'probs': [M, N, C], 'labels': [N]} plus whichever of 'tta_probs',
+    'val_probs' and 'val_labels' the run saved, or None before the run finished."""
     path = predictions_path(workdir)
     if not path.exists():
         return None
     try:
         with np.load(path) as npz:
-            probs, labels = npz["probs"], npz["labels"]
+            predictions = {k: npz[k] for k in PREDICTION_KEYS if k in npz.files}
+        probs, labels = predictions["probs"], predictions["labels"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise RunFolderError(f"{path} is damaged ({_one_line(e)}): {_REMAKE}") from None
-    if probs.ndim != 3 or probs.shape[1:] != (len(labels), num_classes):
-        raise RunFolderError(f"{path} is damaged (probs {probs.shape} do not fit {len(labels)} "
-                             f"labels and {num_classes} classes): {_REMAKE}")
-    return {"probs": probs, "labels": labels}
+    shapes = [("probs", probs.shape, (len(labels), num_classes))]
+    if "tta_probs" in predictions:
+        shapes.append(("tta_probs", predictions["tta_probs"].shape, (len(labels), num_classes)))
+    if "val_probs" in predictions:
+        shapes.append(("val_probs", predictions["val_probs"].shape,
+                       (len(predictions.get("val_labels", ())), num_classes)))
+    for name, shape, expected in shapes:
+        if len(shape) != 3 or shape[1:] != expected or shape[0] != probs.shape[0]:
+            raise RunFolderError(f"{path} is damaged ({name} {shape} do not fit {probs.shape[0]} "
+                                 f"members, {expected[0]} labels and {num_classes} classes): {_REMAKE}")
+    return predictions
 
 
 def missing_predictions_error(workdir: Path) -> RunFolderError:
@@ -238,21 +286,28 @@ def picture_path(workdir: Path, name: str) -> Path:
 
 
 def write_pictures(workdir: Path, images: np.ndarray, labels: np.ndarray, logits: np.ndarray,
-                   class_names: tuple[str, ...]) -> None:
-    """Every picture of a finished run, from its test logits [M, N, C] and its metrics."""
+                   class_names: tuple[str, ...], groups: Sequence[str] = (),
+                   member_names: Sequence[str] | None = None) -> None:
+    """Every picture of a finished run, from its test logits [M, N, C] and its metrics (joined
+    over `groups` for a grouped run); `member_names` label the members in the per-member plots."""
     probs = np.asarray(metrics.ensemble_probs(logits))
     plots.misclassified(picture_path(workdir, "misclassified"), images, labels, probs, class_names)
     plots.confusion(picture_path(workdir, "confusion"),
                     np.asarray(metrics.confusion_matrix(probs.argmax(-1), labels, len(class_names))),
                     class_names)
-    plots.curves(picture_path(workdir, "curves"), read_metrics(workdir))
+    plots.curves(picture_path(workdir, "curves"), read_metrics(workdir, groups), member_names)
     plots.ensemble_size(picture_path(workdir, "ensemble_size"),
-                        np.asarray(metrics.ensemble_size_curve(logits, labels)))
+                        np.asarray(metrics.ensemble_size_curve(logits, labels)), member_names)
     plots.reliability(picture_path(workdir, "reliability"),
                       {k: np.asarray(v) for k, v in metrics.reliability(probs, labels).items()})
 
 
 # ----------------------------------------------------------------------------- checkpoints, lock
+
+
+def group_dir(workdir: Path, name: str) -> Path:
+    """The run folder of group `name` of a grouped run (an ordinary run folder of its own)."""
+    return Path(workdir) / "groups" / name
 
 
 def checkpoint_dir(workdir: Path) -> Path:

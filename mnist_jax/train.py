@@ -54,9 +54,14 @@ class _StopSignal:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Train the ensemble described by `config` in `workdir` (resuming if it holds a checkpoint),
     then evaluate it once on the test split and write the run folder. Returns results.json's
-    contents. A second process on the same `workdir` is refused while this one trains."""
+    contents. A second process on the same `workdir` is refused while this one trains.
+
+    A grouped config (`config.groups`) trains each group in its own run folder under `workdir`
+    (`runfolder.group_dir`), one after another, then evaluates all members as one ensemble."""
     run_lib.validate(config)
     workdir = Path(workdir)
+    if config.groups:
+        return _train_groups(config, workdir)
     primary = jax.process_index() == 0
     train = run_lib.load_split(config, "train")
     val = run_lib.load_split(config, "validation") if config.validation_size else None
@@ -80,7 +85,97 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         finally:
             writer.close()
         # The test split is read here, once, after every choice was made on validation.
-        return _test(setup, state, predict, workdir, run_lib.load_split(config, "test"))
+        return _test(setup, state, predict, workdir, run_lib.load_split(config, "test"), val)
+
+
+def _train_groups(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+    """Train every group (resuming each from its own checkpoints), then write the whole
+    ensemble's results from the groups' saved predictions."""
+    groups = config_lib.group_configs(config)
+    primary = jax.process_index() == 0
+    with runfolder.lock(workdir) if primary else contextlib.nullcontext():
+        if primary:
+            runfolder.write_config(workdir, config, run_lib.load_split(config, "train").class_names)
+        for i, (name, group) in enumerate(groups.items()):
+            logging.info("group %d/%d %r: %d x %s", i + 1, len(groups), name, group.num_members,
+                         group.model)
+            train_and_evaluate(group, runfolder.group_dir(workdir, name))
+        results, predictions = combine_groups(config, workdir)
+        if primary:
+            test = run_lib.load_split(config, "test")
+            runfolder.write_results(workdir, results, predictions)
+            log_probs = np.log(np.clip(predictions["probs"], 1e-12, 1.0))  # softmax(log p) = p
+            runfolder.write_pictures(workdir, test.images, test.labels, log_probs, test.class_names,
+                                     groups=list(groups), member_names=runfolder.member_names(results))
+        return results
+
+
+def combine_groups(config: ml_collections.ConfigDict, workdir: Path
+                   ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """results.json's contents and the predictions of a grouped run, from its finished groups:
+    every member once, named by group and model; the ensemble is the mean of all members'
+    probabilities, on test, on validation and (when every group has it) with TTA."""
+    groups = config_lib.group_configs(config)
+    members, parts = [], {}
+    wall_time, rates = 0.0, []
+    for name, group in groups.items():
+        folder = runfolder.group_dir(workdir, name)
+        results = runfolder.read_results(folder)
+        predictions = results and runfolder.read_predictions(folder, results["num_classes"])
+        if not predictions:
+            raise runfolder.missing_predictions_error(folder)
+        for member in results["members"]:
+            members.append({**member, "index": len(members), "group": name})
+        for key, value in predictions.items():
+            parts.setdefault(key, []).append(value)
+        wall_time += results["wall_time_s"]
+        rates.append(results["train_images_per_s"])
+    predictions = {"labels": parts["labels"][0]}
+    for key in ("probs", "tta_probs", "val_probs"):
+        if len(parts.get(key, ())) == len(groups):
+            predictions[key] = np.concatenate(parts[key])
+    if "val_probs" in predictions:
+        predictions["val_labels"] = parts["val_labels"][0]
+    log = lambda p: np.log(np.clip(p, 1e-12, 1.0))  # noqa: E731  (logits whose softmax is p)
+    summary = metrics.summarize(log(predictions["probs"]), predictions["labels"], prefix="test")
+    ensemble = _ensemble_record(summary)
+    if "val_probs" in predictions:
+        val = metrics.summarize(log(predictions["val_probs"]), predictions["val_labels"], prefix="")
+        ensemble["val_accuracy"], ensemble["val_nll"] = val["accuracy"], val["nll"]
+    if "tta_probs" in predictions:
+        tta = metrics.summarize(log(predictions["tta_probs"]), predictions["labels"], prefix="")
+        ensemble["test_accuracy_tta"], ensemble["test_nll_tta"] = tta["accuracy"], tta["nll"]
+    results = {
+        "dataset": config.dataset,
+        "model": "+".join(dict.fromkeys(g.model for g in groups.values())),
+        "num_members": len(members),
+        "num_classes": predictions["probs"].shape[-1],
+        "groups": {name: {"model": g.model, "num_members": g.num_members, "seed": g.seed}
+                   for name, g in groups.items()},
+        "members": members,
+        "ensemble": ensemble,
+        "wall_time_s": wall_time,
+        "train_images_per_s": None if None in rates else float(np.mean(rates)),
+        "device": platform.device_description(),
+        "conv_backend": platform.conv_backend(),
+        "jax_version": jax.__version__,
+    }
+    return results, predictions
+
+
+def _ensemble_record(summary: dict[str, Any]) -> dict[str, Any]:
+    """results.json's ensemble test numbers from `metrics.summarize(..., prefix="test")`."""
+    return {
+        "test_accuracy": summary["test_accuracy"],
+        "test_accuracy_vote": summary["test_accuracy_vote"],
+        "test_accuracy_mean_logit": summary["test_accuracy_mean_logit"],
+        "test_nll": summary["test_nll"],
+        "test_ece": summary["test_ece"],
+        "test_brier": summary["test_brier"],
+        "test_errors": summary["test_errors"],
+        "test_gain_over_mean_member": summary["test_ensemble_gain"],
+        "test_size_curve": summary["test_size_curve"],
+    }
 
 
 def _train(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdir: Path,
@@ -166,38 +261,39 @@ def _train(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdi
 
 
 def _test(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdir: Path,
-          test: data.Dataset) -> dict[str, Any]:
+          test: data.Dataset, val: data.Dataset | None) -> dict[str, Any]:
     """Evaluate the finished ensemble on the test split, once, and write results, predictions
-    and pictures to the run folder."""
+    (with the validation split's, for judging ensembles of runs on validation) and pictures."""
     config = setup.config
     evaluator = Evaluator(predict, test.images, test.labels, mesh=setup.mesh,
                           batch_size=config.eval_batch_size)
     logits = evaluator.logits(state.members)
     summary = metrics.summarize(logits, test.labels, prefix="test")
+    predictions = {"probs": np.asarray(metrics.member_probs(logits)), "labels": test.labels}
     records = runfolder.read_metrics(workdir)
-    last = records[-1] if records else {}
+    val_summary = None
+    if val is not None:
+        val_logits = Evaluator(predict, val.images, val.labels, mesh=setup.mesh,
+                               batch_size=config.eval_batch_size).logits(state.members)
+        val_summary = metrics.summarize(val_logits, val.labels, prefix="")
+        predictions["val_probs"] = np.asarray(metrics.member_probs(val_logits))
+        predictions["val_labels"] = val.labels
     results = {
         "dataset": config.dataset,
         "model": config.model,
         "num_members": config.num_members,
+        "num_classes": len(test.class_names),
         "checkpoint_step": state.step,
         "members": [
-            {"index": i, "seed": config.seed + i,
-             "val_accuracy": last["val_accuracy"][i] if "val_accuracy" in last else None,
+            {"index": i, "model": config.model, "seed": config.seed + i,
+             "val_accuracy": None if val_summary is None else val_summary["member_accuracy"][i],
              "test_accuracy": summary["test_member_accuracy"][i],
              "test_nll": summary["test_member_nll"][i]}
             for i in range(config.num_members)],
         "ensemble": {
-            "val_accuracy": last.get("val_ensemble_accuracy"),
-            "test_accuracy": summary["test_accuracy"],
-            "test_accuracy_vote": summary["test_accuracy_vote"],
-            "test_accuracy_mean_logit": summary["test_accuracy_mean_logit"],
-            "test_nll": summary["test_nll"],
-            "test_ece": summary["test_ece"],
-            "test_brier": summary["test_brier"],
-            "test_errors": summary["test_errors"],
-            "test_gain_over_mean_member": summary["test_ensemble_gain"],
-            "test_size_curve": summary["test_size_curve"],
+            "val_accuracy": None if val_summary is None else val_summary["accuracy"],
+            "val_nll": None if val_summary is None else val_summary["nll"],
+            **_ensemble_record(summary),
         },
         "wall_time_s": state.wall_time_s,
         "train_images_per_s": (np.mean([r["images_per_s"] for r in records]) if records else None),
@@ -206,14 +302,16 @@ def _test(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdir
         "jax_version": jax.__version__,
     }
     if config.tta_samples:
-        tta = Evaluator(run_lib.predictor(setup, tta=True), test.images, test.labels,
-                        mesh=setup.mesh, batch_size=config.eval_batch_size,
-                        tta_samples=config.tta_samples).run(state.members)
+        tta_logits = Evaluator(run_lib.predictor(setup, tta=True), test.images, test.labels,
+                               mesh=setup.mesh, batch_size=config.eval_batch_size,
+                               tta_samples=config.tta_samples).logits(state.members)
+        tta = metrics.summarize(tta_logits, test.labels, prefix="")
+        predictions["tta_probs"] = np.asarray(metrics.member_probs(tta_logits))
         results["ensemble"]["test_accuracy_tta"] = tta["accuracy"]
         results["ensemble"]["test_nll_tta"] = tta["nll"]
         for member, acc in zip(results["members"], tta["member_accuracy"]):
             member["test_accuracy_tta"] = acc
     if jax.process_index() == 0:
-        runfolder.write_results(workdir, results, np.asarray(metrics.member_probs(logits)), test.labels)
+        runfolder.write_results(workdir, results, predictions)
         runfolder.write_pictures(workdir, test.images, test.labels, logits, test.class_names)
     return results

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mnist_jax import config as config_lib
+
 REPO = Path(__file__).resolve().parents[1]
 
 SMALL_CPU_FAST = f"""
@@ -39,7 +41,7 @@ def test_waves_grow_the_ensemble_and_the_files_say_so(tta, mnist_dir, tmp_path):
     out = tmp_path / "out"
     summary = tta.main(["--config", str(config), "--max-waves", "2", "--out", str(out)])
 
-    members = tta.load_config(config).num_members
+    members = config_lib.total_members(tta.load_config(config))
     points = summary["points"]
     assert [p["members"] for p in points] == [members, 2 * members]
     assert points[0]["wall_time_s"] < points[1]["wall_time_s"] <= summary["total_wall_time_s"]
