@@ -1,6 +1,7 @@
 """Ensemble test accuracy against wall time for a config (default configs/cpu_fast.py), from scratch.
 
     python experiments/time_to_accuracy.py --out runs/time_to_accuracy [--budget-minutes 60]
+    python experiments/time_to_accuracy.py --table experiments/results/time_to_accuracy.json
 
 The ensemble grows in waves: wave w is one complete run of the config (its whole schedule, in
 OUT/wave_WW) with seed `seed + w * num_members`, so every wave adds `num_members` new members. After
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import resource
 import sys
@@ -94,7 +96,27 @@ def plot(path: Path, points: list[dict[str, Any]], title: str) -> None:
     write_bytes(path, buffer.getvalue())
 
 
+def table(summary: dict[str, Any]) -> str:
+    """The README's table of a run's JSON: one row per wave, then the values at the budgets."""
+    lines = ["| wave | members | wall time | ensemble test accuracy | errors | this wave's members together |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {p['wave']} | {p['members']} | {p['wall_time_s'] / 60:.1f} min | "
+              f"{100 * p['test_accuracy']:.2f} % | {p['test_errors']} | "
+              f"{100 * p['wave_test_accuracy']:.2f} % |" for p in summary["points"]]
+    reached = {m: at_budget(summary["points"], m) for m in MILESTONES_MIN}
+    values = ", ".join(f"at {m} min " + ("no wave finished" if value is None else f"{100 * value:.2f} %")
+                       for m, value in reached.items())
+    return "\n".join(lines) + f"\n\n{values}; peak memory {summary['peak_rss_gb']:.2f} GB."
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--table":
+        if len(argv) != 2:
+            raise SystemExit("usage: python experiments/time_to_accuracy.py --table RUN.json")
+        print(table(json.loads(Path(argv[1]).read_text())))
+        return {}
     configure_cpu()
     start = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__,
@@ -139,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     summary = {
         "config": os.path.relpath(args.config, REPO) if Path(args.config).is_absolute() else args.config,
-        "command": " ".join(["python experiments/time_to_accuracy.py", *(argv or sys.argv[1:])]),
+        "command": " ".join(["python experiments/time_to_accuracy.py", *argv]),
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{os.cpu_count()} CPU cores, {cpu_model()}",
         "device": device_description(),

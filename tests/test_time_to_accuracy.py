@@ -78,3 +78,16 @@ def test_at_budget_is_the_last_ensemble_finished_within_it_not_the_best(tta):
     assert tta.at_budget(points, 15) == 0.990
     assert tta.at_budget(points, 60) == 0.993
     assert tta.at_budget(points, 5) is None
+
+
+def test_the_table_has_a_row_per_wave_and_the_values_at_the_budgets(tta, tmp_path, capsys):
+    points = [{"wave": 0, "members": 2, "wall_time_s": 780.0, "test_accuracy": 0.9968,
+               "test_errors": 32, "wave_test_accuracy": 0.9968},
+              {"wave": 1, "members": 4, "wall_time_s": 1560.0, "test_accuracy": 0.9972,
+               "test_errors": 28, "wave_test_accuracy": 0.9966}]
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"points": points, "peak_rss_gb": 1.5}))
+    tta.main(["--table", str(path)])
+    out = capsys.readouterr().out
+    assert "| 1 | 4 | 26.0 min | 99.72 % | 28 | 99.66 % |" in out
+    assert "at 15 min 99.68 %, at 60 min 99.72 %; peak memory 1.50 GB." in out

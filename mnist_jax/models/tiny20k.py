@@ -3,8 +3,7 @@
 3 x (Conv 3x3 pad 1, BatchNorm, ReLU, MaxPool 2) with 8, 16, 32 channels (28 -> 14 -> 7 -> 3),
 Dropout 0.4, FC 288 -> 32, ReLU, Dropout 0.4, FC 32 -> classes (`head`).
 
-`features` and `hidden` widen the same architecture (configs/cpu_fast.py uses a wider one);
-the defaults are the published net.
+`features` and `hidden` widen the same architecture; the defaults are the published net.
 """
 
 import flax.linen as nn
