@@ -98,11 +98,14 @@ def plot(path: Path, points: list[dict[str, Any]], title: str) -> None:
 
 def table(summary: dict[str, Any]) -> str:
     """The README's table of a run's JSON: one row per wave, then the values at the budgets."""
-    lines = ["| wave | members | wall time | ensemble test accuracy | errors | this wave's members together |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| wave | members | wall time | ensemble test accuracy | errors | this wave's members together | alone |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     lines += [f"| {p['wave']} | {p['members']} | {p['wall_time_s'] / 60:.1f} min | "
               f"{100 * p['test_accuracy']:.2f} % | {p['test_errors']} | "
-              f"{100 * p['wave_test_accuracy']:.2f} % |" for p in summary["points"]]
+              f"{100 * p['wave_test_accuracy']:.2f} % | "
+              + (" / ".join(f"{100 * a:.2f}" for a in p["wave_member_test_accuracies"])
+                 if "wave_member_test_accuracies" in p else "–") + " |"
+              for p in summary["points"]]
     reached = {m: at_budget(summary["points"], m) for m in MILESTONES_MIN}
     values = ", ".join(f"at {m} min " + ("no wave finished" if value is None else f"{100 * value:.2f} %")
                        for m, value in reached.items())
@@ -155,7 +158,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         points.append({"wave": len(waves) - 1, "members": len(waves) * members_per_wave,
                        "wall_time_s": now, "test_accuracy": accuracy, "test_errors": errors,
                        "wave_test_accuracy": results["ensemble"]["test_accuracy"],
-                       "wave_val_accuracy": results["ensemble"]["val_accuracy"]})
+                       "wave_val_accuracy": results["ensemble"]["val_accuracy"],
+                       "wave_member_test_accuracies": [m["test_accuracy"] for m in results["members"]]})
         print(f"wave {len(waves) - 1}: {points[-1]['members']} members, {now / 60:.1f} min, "
               f"ensemble test accuracy {100 * accuracy:.2f} % ({errors} errors)", flush=True)
 

@@ -57,6 +57,7 @@ def test_waves_grow_the_ensemble_and_the_files_say_so(tta, mnist_dir, tmp_path):
     want = (np.concatenate(probs).mean(0).argmax(-1) == labels).mean()
     assert points[1]["test_accuracy"] == pytest.approx(want)
     assert points[0]["test_accuracy"] == pytest.approx(points[0]["wave_test_accuracy"])
+    assert len(points[1]["wave_member_test_accuracies"]) == members
     saved = json.loads((out / "time_to_accuracy.json").read_text())
     assert saved["points"] == points and saved["peak_rss_gb"] > 0
     assert saved["accuracy_at_60_min"] == points[-1]["test_accuracy"]  # the last wave, not the best
@@ -84,10 +85,12 @@ def test_the_table_has_a_row_per_wave_and_the_values_at_the_budgets(tta, tmp_pat
     points = [{"wave": 0, "members": 2, "wall_time_s": 780.0, "test_accuracy": 0.9968,
                "test_errors": 32, "wave_test_accuracy": 0.9968},
               {"wave": 1, "members": 4, "wall_time_s": 1560.0, "test_accuracy": 0.9972,
-               "test_errors": 28, "wave_test_accuracy": 0.9966}]
+               "test_errors": 28, "wave_test_accuracy": 0.9966,
+               "wave_member_test_accuracies": [0.9961, 0.9958]}]
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"points": points, "peak_rss_gb": 1.5}))
     tta.main(["--table", str(path)])
     out = capsys.readouterr().out
-    assert "| 1 | 4 | 26.0 min | 99.72 % | 28 | 99.66 % |" in out
+    assert "| 0 | 2 | 13.0 min | 99.68 % | 32 | 99.68 % | – |" in out  # an older JSON: no members
+    assert "| 1 | 4 | 26.0 min | 99.72 % | 28 | 99.66 % | 99.61 / 99.58 |" in out
     assert "at 15 min 99.68 %, at 60 min 99.72 %; peak memory 1.50 GB." in out
