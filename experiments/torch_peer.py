@@ -64,7 +64,7 @@ def tiny20k(num_classes: int = 10) -> nn.Module:
     for c_in, c_out in ((1, 8), (8, 16), (16, 32)):
         layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out, **TORCH_BN),
                    nn.ReLU(), nn.MaxPool2d(2)]
-    layers += [nn.Flatten(), nn.Dropout(0.4), nn.Linear(32 * 3 * 3, 32), nn.ReLU(), nn.Dropout(0.4),
+    layers += [nn.Flatten(), nn.Dropout(0.3), nn.Linear(32 * 3 * 3, 32), nn.ReLU(), nn.Dropout(0.3),
                nn.Linear(32, num_classes)]
     return nn.Sequential(*layers)
 
