@@ -7,8 +7,13 @@ Re-running the same command resumes from the newest checkpoint in WORKDIR.
 
 from __future__ import annotations
 
+import ast
 import logging
+import re
 import sys
+from typing import Any
+
+import ml_collections
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -34,9 +39,24 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+# `--config.model_overrides.KEY=VALUE` (or `--config.groups.NAME.model_overrides.KEY=VALUE`) for a
+# model field the config file did not set: ml_collections refuses new keys in a locked config, so
+# these are set here; `run.validate` then checks KEY and VALUE against the model's fields.
+_NEW_MODEL_FIELD = re.compile(r"--config\.((?:groups\.[\w-]+\.)?model_overrides)\.(\w+)=(.*)", re.S)
+
+
+def _literal(text: str) -> Any:
+    """A command-line value as Python reads it (3, 0.1, (8, 16), True), else the string itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with every mistake on the command line reported in one line."""
     config_arg = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+    new_model_fields = []
     if config_arg is not None:
         path, _, arg = config_arg.partition(":")
         try:
@@ -45,13 +65,32 @@ def _parse_flags(argv: list[str]) -> list[str]:
             _fail(str(e))
         for a in argv[1:]:
             if a.startswith("--config."):
-                problem = config_lib.unknown_field(config, a[len("--config."):].split("=", 1)[0])
+                field = a[len("--config."):].split("=", 1)[0]
+                problem = config_lib.unknown_field(config, field)
+                match = _NEW_MODEL_FIELD.fullmatch(a)
+                if problem and match:
+                    group = match[1].split(".")[1] if match[1].startswith("groups.") else None
+                    if group is None or group in config.groups:
+                        new_model_fields.append((a, match[1], match[2], _literal(match[3])))
+                        continue
                 if problem:
                     _fail(f"{problem} (from {a})")
+    argv = [a for a in argv if a not in {f[0] for f in new_model_fields}]
+    sys.argv[:] = argv  # config_flags finds `--config.X` overrides in sys.argv, not in argv
     try:
-        return flags.FLAGS(argv)
+        remaining = flags.FLAGS(argv)
     except flags.Error as e:
         _fail(str(e))
+    config = flags.FLAGS.config
+    with config.unlocked():
+        for _, parent, key, value in new_model_fields:
+            node = config
+            for part in parent.split("."):
+                if part not in node:
+                    node[part] = ml_collections.ConfigDict()
+                node = node[part]
+            node[key] = value
+    return remaining
 
 
 def main(argv: list[str]) -> None:

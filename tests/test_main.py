@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_jax import runfolder
+from mnist_jax import run as run_lib, runfolder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,3 +61,25 @@ def test_a_workdir_that_is_a_file_is_one_line(mnist_dir, tmp_path):
     line = one_error_line(run_main("--config=configs/quick.py", f"--workdir={workdir}",
                                    "--config.train_subset=512", "--config.validation_size=100"))
     assert str(workdir) in line
+
+
+def test_a_model_field_the_config_file_left_unset_can_be_set_on_the_command_line(mnist_dir, tmp_path):
+    proc = run_main("--config=configs/tiny20k.py", f"--workdir={tmp_path}",
+                    "--config.model_overrides.features=(8, 16, 24)", "--config.model_overrides.hidden=40",
+                    "--config.train_subset=512", "--config.validation_size=100", "--config.num_epochs=1")
+    assert proc.returncode == 0, proc.stderr
+    config, _ = runfolder.read_config(tmp_path, check=run_lib.validate)
+    assert config.model_overrides.to_dict() == {"features": [8, 16, 24], "hidden": 40}  # JSON
+    assert runfolder.read_results(tmp_path)["num_members"] == 1  # it trained with them
+
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("--config.model_overrides.widht=3", "model 'tiny20k' has no field 'widht'"),
+    ("--config.model_overrides.hidden=abc", "field 'hidden' must be"),
+    ("--config.groups.nope.model_overrides.hidden=3", "unknown field 'groups.nope.model_overrides.hidden'"),
+])
+def test_a_bad_model_field_on_the_command_line_is_one_line(tmp_path, arg, message):
+    line = one_error_line(run_main("--config=configs/tiny20k.py", f"--workdir={tmp_path}", arg))
+    assert message in line
+    assert not any(tmp_path.iterdir())
