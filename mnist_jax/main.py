@@ -81,10 +81,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
         remaining = flags.FLAGS(argv)
     except flags.Error as e:
         _fail(str(e))
-    config = flags.FLAGS.config
-    with config.unlocked():
-        for _, parent, key, value in new_model_fields:
-            node = config
+    for _, parent, key, value in new_model_fields:
+        with flags.FLAGS.config.unlocked():
+            node = flags.FLAGS.config
             for part in parent.split("."):
                 if part not in node:
                     node[part] = ml_collections.ConfigDict()
