@@ -113,15 +113,8 @@ def table(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    if argv is None:
-        argv = sys.argv[1:]
-    if argv and argv[0] == "--table":
-        if len(argv) != 2:
-            raise SystemExit("usage: python experiments/time_to_accuracy.py --table RUN.json")
-        print(table(json.loads(Path(argv[1]).read_text())))
-        return {}
-    configure_cpu()
     start = time.perf_counter()
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO / "configs" / "cpu_fast.py"))
@@ -129,7 +122,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="start no wave that would end past this (judged by the last wave)")
     parser.add_argument("--max-waves", type=int, default=1000)
     parser.add_argument("--out", default="runs/time_to_accuracy")
+    parser.add_argument("--table", metavar="RUN_JSON",
+                        help="only print the README table of an earlier run's JSON")
     args = parser.parse_args(argv)
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return {}
+    configure_cpu()
     if args.budget_minutes <= 0 or args.max_waves < 1:
         parser.error("--budget-minutes must be > 0 and --max-waves >= 1")
     out = Path(args.out)

@@ -114,9 +114,8 @@ class RunView:
             cm = metrics.confusion_matrix(mean.argmax(-1), labels, len(self.class_names))
             return plots.confusion(path, np.asarray(cm), self.class_names)
         if name == "ensemble_size":
-            log_probs = np.log(np.clip(probs, 1e-12, 1.0))  # as logits: their softmax is probs.
-            return plots.ensemble_size(path, np.asarray(metrics.ensemble_size_curve(log_probs, labels)),
-                                       names)
+            curve = metrics.ensemble_size_curve(metrics.probs_as_logits(probs), labels)
+            return plots.ensemble_size(path, np.asarray(curve), names)
         return plots.reliability(path, {k: np.asarray(v)
                                         for k, v in metrics.reliability(mean, labels).items()})
 
@@ -274,7 +273,7 @@ def combine(workdirs: list[str | Path], method: str = "vote") -> dict[str, Any]:
     run_probs = np.stack([view._test_predictions()[0].mean(axis=0) for view in views])  # [R, N, C]
     mean = run_probs.mean(axis=0)
     if method == "vote":
-        pred = np.asarray(metrics.vote(np.log(np.clip(run_probs, 1e-12, 1.0))))
+        pred = np.asarray(metrics.vote(metrics.probs_as_logits(run_probs)))
     else:
         pred = mean.argmax(-1)
     correct = pred == labels

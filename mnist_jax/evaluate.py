@@ -40,7 +40,7 @@ class Evaluator:
             return self._pass(members, jax.random.PRNGKey(0))
         probs = np.mean([np.asarray(metrics.member_probs(self._pass(members, jax.random.PRNGKey(s))))
                          for s in range(self.tta_samples)], axis=0)
-        return np.log(np.clip(probs, 1e-12, 1.0))
+        return metrics.probs_as_logits(probs)
 
     def run(self, members: Any) -> dict[str, Any]:
         """`metrics.summarize` of the split, unprefixed: accuracy, nll, member_accuracy, ..."""

@@ -95,6 +95,11 @@ def member_probs(logits: Array) -> jax.Array:
     return jax.nn.softmax(_check_logits(logits), axis=-1)
 
 
+def probs_as_logits(probs: np.ndarray) -> np.ndarray:
+    """Logits whose softmax is `probs` (their clipped log), for functions that take logits."""
+    return np.log(np.clip(probs, 1e-12, 1.0))
+
+
 @functools.partial(jax.jit, static_argnames="method")
 def ensemble_probs(logits: Array, method: str = "mean_prob") -> jax.Array:
     """Combines member logits [M, N, C] into probabilities [N, C].

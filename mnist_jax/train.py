@@ -104,8 +104,8 @@ def _train_groups(config: ml_collections.ConfigDict, workdir: Path) -> dict[str,
         if primary:
             test = run_lib.load_split(config, "test")
             runfolder.write_results(workdir, results, predictions)
-            log_probs = np.log(np.clip(predictions["probs"], 1e-12, 1.0))  # softmax(log p) = p
-            runfolder.write_pictures(workdir, test.images, test.labels, log_probs, test.class_names,
+            runfolder.write_pictures(workdir, test.images, test.labels,
+                                     metrics.probs_as_logits(predictions["probs"]), test.class_names,
                                      groups=list(groups), member_names=runfolder.member_names(results))
         return results
 
@@ -136,14 +136,16 @@ def combine_groups(config: ml_collections.ConfigDict, workdir: Path
             predictions[key] = np.concatenate(parts[key])
     if "val_probs" in predictions:
         predictions["val_labels"] = parts["val_labels"][0]
-    log = lambda p: np.log(np.clip(p, 1e-12, 1.0))  # noqa: E731  (logits whose softmax is p)
-    summary = metrics.summarize(log(predictions["probs"]), predictions["labels"], prefix="test")
-    ensemble = _ensemble_record(summary)
+    def summarize(probs_key: str, labels_key: str, prefix: str) -> dict[str, Any]:
+        return metrics.summarize(metrics.probs_as_logits(predictions[probs_key]),
+                                 predictions[labels_key], prefix=prefix)
+
+    ensemble = _ensemble_record(summarize("probs", "labels", "test"))
     if "val_probs" in predictions:
-        val = metrics.summarize(log(predictions["val_probs"]), predictions["val_labels"], prefix="")
+        val = summarize("val_probs", "val_labels", "")
         ensemble["val_accuracy"], ensemble["val_nll"] = val["accuracy"], val["nll"]
     if "tta_probs" in predictions:
-        tta = metrics.summarize(log(predictions["tta_probs"]), predictions["labels"], prefix="")
+        tta = summarize("tta_probs", "labels", "")
         ensemble["test_accuracy_tta"], ensemble["test_nll_tta"] = tta["accuracy"], tta["nll"]
     results = {
         "dataset": config.dataset,
@@ -156,11 +158,15 @@ def combine_groups(config: ml_collections.ConfigDict, workdir: Path
         "ensemble": ensemble,
         "wall_time_s": wall_time,
         "train_images_per_s": None if None in rates else float(np.mean(rates)),
-        "device": platform.device_description(),
-        "conv_backend": platform.conv_backend(),
-        "jax_version": jax.__version__,
+        **_machine_record(),
     }
     return results, predictions
+
+
+def _machine_record() -> dict[str, str]:
+    """Where results.json's numbers were measured."""
+    return {"device": platform.device_description(), "conv_backend": platform.conv_backend(),
+            "jax_version": jax.__version__}
 
 
 def _ensemble_record(summary: dict[str, Any]) -> dict[str, Any]:
@@ -297,9 +303,7 @@ def _test(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdir
         },
         "wall_time_s": state.wall_time_s,
         "train_images_per_s": (np.mean([r["images_per_s"] for r in records]) if records else None),
-        "device": platform.device_description(),
-        "conv_backend": platform.conv_backend(),
-        "jax_version": jax.__version__,
+        **_machine_record(),
     }
     if config.tta_samples:
         tta_logits = Evaluator(run_lib.predictor(setup, tta=True), test.images, test.labels,
