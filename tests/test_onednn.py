@@ -94,6 +94,38 @@ def test_zoo_convs_match_lax_float32(shape):
 
 
 @needs_onednn
+@pytest.mark.parametrize("shape", [ZOO[3], ZOO[5], ZOO[9], ZOO[13]], ids=str)
+def test_fused_relu_matches_lax_then_relu(shape):
+    """The ReLU post-op and its gradient (0 where the output is 0, as jax.nn.relu's); a zero bias
+    on an all-zero input channel puts exact zeros in the output, the case the gradient rule
+    decides."""
+    x, w, b, g, strides, pads = _case(shape)
+    x = x.at[..., 0].set(0.0)
+    w = w.at[..., 0].set(0.0)
+    b = b.at[0].set(0.0)
+    ours = lambda x, w, b: onednn.conv(x, w, b, strides, pads, True)
+    ref = lambda x, w, b: jax.nn.relu(_lax(x, w, b, strides, pads))
+    (y, grads), (y_ref, grads_ref) = (_output_and_grads(f, x, w, b, g) for f in (ours, ref))
+    assert "relu = 1" in jax.jit(ours).lower(x, w, b).as_text()
+    assert float((y_ref == 0).mean()) > 0.3  # half the outputs and the zeroed channel
+    for got, want in zip((y, *grads), (y_ref, *grads_ref)):
+        _assert_close(got, want, 1e-5)
+
+
+def test_conv2d_relu_is_the_same_everywhere(monkeypatch):
+    """conv2d(relu=True) is conv2d then jax.nn.relu, on oneDNN or not (fallback path)."""
+    x, w, b, g, strides, pads = _case(ZOO[5])
+    ref = lambda x, w, b: jax.nn.relu(_lax(x, w, b, strides, pads))
+    want = _output_and_grads(ref, x, w, b, g)
+    for on in (True, False):
+        monkeypatch.setattr(conv, "_on_onednn", lambda *a, on=on: on and onednn.available())
+        got = _output_and_grads(lambda x, w, b: conv.conv2d(x, w, b, strides, pads, relu=True),
+                                x, w, b, g)
+        for a, b_ in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            _assert_close(a, b_, 1e-5)
+
+
+@needs_onednn
 @pytest.mark.parametrize("shape", [ZOO[1], ZOO[5], ZOO[10], ZOO[14]], ids=str)
 def test_bfloat16_matches_float32_to_bfloat16_rounding(shape):
     """Against lax in float32 on the same bf16-rounded inputs (lax's own bf16 bias gradient

@@ -26,9 +26,8 @@ class Baseline(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         x = prepare_input(x, self, min_size=2)  # One 2x2 max pool.
         for features in (32, 64):
-            x = Conv(features, (3, 3), padding="SAME", kernel_init=he_normal,
-                        dtype=self.dtype, param_dtype=self.param_dtype)(x)
-            x = nn.relu(x)
+            x = Conv(features, (3, 3), padding="SAME", kernel_init=he_normal, relu=True,
+                     dtype=self.dtype, param_dtype=self.param_dtype)(x)
         x = pool.max_pool(x, 2)
         x = nn.Dropout(0.25, deterministic=not train)(flatten(x))
         x = nn.Dense(128, kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype)(x)

@@ -29,7 +29,7 @@ class Deotte(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        conv = functools.partial(Conv, kernel_init=keras_init, dtype=self.dtype,
+        conv = functools.partial(Conv, kernel_init=keras_init, relu=True, dtype=self.dtype,
                                  param_dtype=self.param_dtype)
         bn = functools.partial(BatchNorm, use_running_average=not train, **KERAS_BN,
                                dtype=self.dtype, param_dtype=self.param_dtype)
@@ -37,11 +37,11 @@ class Deotte(nn.Module):
 
         x = prepare_input(x, self, min_size=_MIN_SIZE)
         for features in (32, 64):
-            x = bn()(nn.relu(conv(features, (3, 3), padding="VALID")(x)))
-            x = bn()(nn.relu(conv(features, (3, 3), padding="VALID")(x)))
-            x = bn()(nn.relu(conv(features, (5, 5), strides=(2, 2), padding="SAME")(x)))
+            x = bn()(conv(features, (3, 3), padding="VALID")(x))
+            x = bn()(conv(features, (3, 3), padding="VALID")(x))
+            x = bn()(conv(features, (5, 5), strides=(2, 2), padding="SAME")(x))
             x = dropout()(x)
-        x = bn()(nn.relu(conv(128, (4, 4), padding="VALID")(x)))
+        x = bn()(conv(128, (4, 4), padding="VALID")(x))
         x = dropout()(flatten(x))
         x = nn.Dense(self.num_classes, kernel_init=keras_init, dtype=self.dtype,
                      param_dtype=self.param_dtype, name="head")(x)

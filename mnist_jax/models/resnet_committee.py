@@ -32,7 +32,7 @@ class ResNetCommittee(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        conv = functools.partial(Conv, padding="SAME", kernel_init=torch_init,
+        conv = functools.partial(Conv, padding="SAME", kernel_init=torch_init, relu=True,
                                  dtype=self.dtype, param_dtype=self.param_dtype)
         bn = functools.partial(BatchNorm, use_running_average=not train, **TORCH_BN,
                                dtype=self.dtype, param_dtype=self.param_dtype)
@@ -41,12 +41,12 @@ class ResNetCommittee(nn.Module):
         w = self.width
 
         x = prepare_input(x, self, min_size=_MIN_SIZE)
-        x = nn.relu(conv(w, (5, 5))(x))
+        x = conv(w, (5, 5))(x)
         x = pool.max_pool(res()(x, train=train), 2)
         x = bn()(res()(x, train=train))
-        x = pool.max_pool(nn.relu(conv(2 * w, (3, 3))(x)), 2)
+        x = pool.max_pool(conv(2 * w, (3, 3))(x), 2)
         x = bn()(res()(x, train=train))
-        x = pool.max_pool(nn.relu(conv(4 * w, (3, 3))(x)), 2, ceil_mode=True)
+        x = pool.max_pool(conv(4 * w, (3, 3))(x), 2, ceil_mode=True)
         x = bn()(res()(x, train=train))
         x = flatten(pool.avg_pool(x, 4))
         x = nn.Dense(self.num_classes, kernel_init=torch_init, dtype=self.dtype,

@@ -29,9 +29,8 @@ class SENet(nn.Module):
         x = prepare_input(x, self, min_size=4)  # Two 2x2 average pools: 4 -> 2 -> 1.
         for block in range(3):
             for _ in range(3):
-                x = Conv(self.filters, (3, 3), padding="SAME", kernel_init=he_normal,
-                            dtype=self.dtype, param_dtype=self.param_dtype)(x)
-                x = nn.relu(x)
+                x = Conv(self.filters, (3, 3), padding="SAME", kernel_init=he_normal, relu=True,
+                         dtype=self.dtype, param_dtype=self.param_dtype)(x)
             x = BatchNorm(use_running_average=not train, **KERAS_BN, dtype=self.dtype,
                           param_dtype=self.param_dtype)(x)
             x = SqueezeExcite(self.se_ratio, dtype=self.dtype, param_dtype=self.param_dtype)(x)

@@ -19,7 +19,8 @@ XLA:CPU, about a sixth of a senet (32 filters) train step in a profile.
 When the oneDNN extension is loaded (`mnist_jax.ops.onednn.available()`: built by `pip install` on
 Linux x86-64, not turned off by `MNIST_JAX_ONEDNN=0`), float32 NHWC/HWIO convolutions run on
 oneDNN on the CPU instead, all three passes; everything above is then the fallback. The zoo uses
-all of it through `conv2d` (`models.blocks.Conv`), which also gives the bias to oneDNN. bfloat16
+all of it through `conv2d` (`models.blocks.Conv`), which also gives the bias and a following
+ReLU to oneDNN. bfloat16
 stays on lax: oneDNN 3.2's bfloat16 kernels ran slower than its float32 ones on this project's
 Intel machine, some (the strided kernel gradient) 60x slower (README, "Speed").
 """
@@ -76,14 +77,16 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, strides: Sequence[int],
-           padding: str | Sequence[tuple[int, int]]) -> jax.Array:
-    """NHWC x HWIO convolution plus an optional bias: one oneDNN primitive (bias fused, bias
-    gradient from the kernel-gradient primitive) when it can, else the functions above."""
+           padding: str | Sequence[tuple[int, int]], *, relu: bool = False) -> jax.Array:
+    """NHWC x HWIO convolution plus an optional bias, then a ReLU if `relu`: one oneDNN
+    primitive (bias and ReLU fused, bias gradient from the kernel-gradient primitive) when it
+    can, else the functions above."""
     strides, pads = _strides_and_pads(x, kernel, strides, padding)
     if _on_onednn(x, kernel, strides, pads) and (bias is None or bias.dtype == x.dtype):
-        return onednn.conv(x, kernel, bias, strides, pads)
+        return onednn.conv(x, kernel, bias, strides, pads, relu)
     y = conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN)
-    return y if bias is None else bias_add(y, bias)
+    y = y if bias is None else bias_add(y, bias)
+    return jax.nn.relu(y) if relu else y
 
 
 def _strides_and_pads(x, w, strides, padding) -> tuple[tuple[int, int], Pads]:

@@ -4,8 +4,8 @@ XLA:CPU's convolutions are Eigen's, and its kernel gradient wraps each one in ba
 transposes; PyTorch's are oneDNN's and ran 1.5-2x faster on this project's machines (README,
 "Speed"). `pip install` builds `libmnist_onednn.so` (C++ in `csrc/`, linked against the
 `onednn-cpu-gomp` wheel) on Linux x86-64; this module registers its handlers with XLA and wraps
-them in a `custom_vjp` whose forward pass, input gradient and kernel (and bias) gradient are each
-one oneDNN primitive. Inside that `custom_vjp`, `lax.platform_dependent` keeps lax's convolution on
+them in a `custom_vjp` whose forward pass (optionally with the ReLU that follows it fused in as a
+post-op), input gradient and kernel (and bias) gradient are each one oneDNN primitive. Inside that `custom_vjp`, `lax.platform_dependent` keeps lax's convolution on
 every other backend, so a program traced here still runs on a GPU/TPU.
 
 Threads: oneDNN runs each call on an OpenMP team inside the XLA device thread that calls it. With
@@ -130,15 +130,16 @@ def _call(name: str, out, *args, attrs: dict[str, np.int64]):
     return jax.ffi.ffi_call(name, out, vmap_method="sequential")(*args, **attrs)
 
 
-def _lax_conv(x, w, b, strides, pads):
+def _lax_conv(x, w, b, strides, pads, relu=False):
     y = lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_DN)
-    return y if b is None else y + b
+    y = y if b is None else y + b
+    return jax.nn.relu(y) if relu else y
 
 
-def _onednn_forward(x, w, b, strides, pads):
+def _onednn_forward(x, w, b, strides, pads, relu):
     out = jax.ShapeDtypeStruct(
         (x.shape[0], *_out_size(x.shape, w.shape, strides, pads), w.shape[3]), x.dtype)
-    attrs = _attrs(x, w, strides, pads)
+    attrs = _attrs(x, w, strides, pads) | {"relu": np.int64(relu)}
     if b is None:
         return _call("mnist_onednn_conv_fwd", out, x, w, attrs=attrs)
     return _call("mnist_onednn_conv_bias_fwd", out, x, w, b, attrs=attrs)
@@ -160,24 +161,28 @@ def _lax_grads(x, w, b, g, strides, pads):
     return jax.vjp(functools.partial(_lax_conv, strides=strides, pads=pads), x, w, b)[1](g)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def conv(x: jax.Array, w: jax.Array, b: jax.Array | None, strides: tuple[int, int],
-         pads: Pads) -> jax.Array:
-    """NHWC x HWIO convolution (+ bias), oneDNN on the CPU and lax elsewhere, gradients included.
+         pads: Pads, relu: bool = False) -> jax.Array:
+    """NHWC x HWIO convolution (+ bias, then ReLU if `relu`), oneDNN on the CPU and lax
+    elsewhere, gradients included.
 
     Call only when `supports(x, w, strides, pads)`; `pads` are explicit (low, high) pairs.
     """
     return lax.platform_dependent(
-        x, w, b, cpu=functools.partial(_onednn_forward, strides=strides, pads=pads),
-        default=functools.partial(_lax_conv, strides=strides, pads=pads))
+        x, w, b, cpu=functools.partial(_onednn_forward, strides=strides, pads=pads, relu=relu),
+        default=functools.partial(_lax_conv, strides=strides, pads=pads, relu=relu))
 
 
-def _conv_fwd(x, w, b, strides, pads):
-    return conv(x, w, b, strides, pads), (x, w, b)
+def _conv_fwd(x, w, b, strides, pads, relu):
+    y = conv(x, w, b, strides, pads, relu)
+    return y, (x, w, b, y if relu else None)
 
 
-def _conv_bwd(strides, pads, residuals, g):
-    x, w, b = residuals
+def _conv_bwd(strides, pads, relu, residuals, g):
+    x, w, b, y = residuals
+    if relu:  # ReLU's gradient, 0 at 0 as jax.nn.relu's; XLA fuses it into g's producer.
+        g = jnp.where(y > 0, g, jnp.zeros((), g.dtype))
     return lax.platform_dependent(
         x, w, b, g, cpu=functools.partial(_onednn_grads, strides=strides, pads=pads),
         default=functools.partial(_lax_grads, strides=strides, pads=pads))

@@ -4,8 +4,9 @@
 // Layouts are flax's: NHWC activations, HWIO kernels, row-major. oneDNN picks its own (blocked)
 // weight layout for speed, so kernels are reordered into it on the way in and kernel gradients
 // out of it on the way back; activations stay NHWC, which oneDNN's brgemm kernels take as is.
-// Primitive descriptors are built once per shape and cached: building one walks oneDNN's
-// implementation list, which costs more than running a small convolution.
+// The forward pass can apply a ReLU to its output as a oneDNN post-op, saving XLA a pass over
+// the activations. Primitive descriptors are built once per shape and cached: building one walks
+// oneDNN's implementation list, which costs more than running a small convolution.
 
 #include <omp.h>
 
@@ -36,15 +37,17 @@ struct Geometry {
   int64_t n, h, w, c, o, kh, kw, oh, ow;
   int64_t sh, sw, pt, pb, pl, pr;
   bool bias;
+  bool relu;  // forward only: ReLU fused as a post-op
 };
 
 // The OpenMP thread count is part of the key: oneDNN fixes a primitive's work split (and so its
 // summation order) for the thread count current when the primitive is created.
-using Key = std::array<int64_t, 19>;
+using Key = std::array<int64_t, 20>;
 
 Key MakeKey(Op op, const Geometry& g) {
   return {static_cast<int64_t>(op), static_cast<int64_t>(g.dt), g.n, g.h, g.w, g.c, g.o, g.kh,
-          g.kw, g.oh, g.ow, g.sh, g.sw, g.pt, g.pb, g.pl, g.pr, g.bias, omp_get_max_threads()};
+          g.kw, g.oh, g.ow, g.sh, g.sw, g.pt, g.pb, g.pl, g.pr, g.bias, g.relu,
+          omp_get_max_threads()};
 }
 
 const dnnl::engine& Engine() {
@@ -98,9 +101,14 @@ Descs MakeDescs(const Geometry& g) {
           {g.pb, g.pr}};
 }
 
-dnnl::primitive_attr UserScratchpad() {
+dnnl::primitive_attr UserScratchpad(bool relu = false) {
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (relu) {
+    dnnl::post_ops ops;
+    ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    attr.set_post_ops(ops);
+  }
   return attr;
 }
 
@@ -109,10 +117,10 @@ dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g, const D
   auto prop = dnnl::prop_kind::forward_training;
   return g.bias ? dnnl::convolution_forward::primitive_desc(
                       Engine(), prop, algo, d.src, d.weights_any, d.bias, d.dst, d.strides,
-                      d.pad_l, d.pad_r, UserScratchpad())
+                      d.pad_l, d.pad_r, UserScratchpad(g.relu))
                 : dnnl::convolution_forward::primitive_desc(
                       Engine(), prop, algo, d.src, d.weights_any, d.dst, d.strides, d.pad_l,
-                      d.pad_r, UserScratchpad());
+                      d.pad_r, UserScratchpad(g.relu));
 }
 
 // A cached primitive with the reorder between flax's HWIO kernel and the primitive's layout.
@@ -145,6 +153,7 @@ Entry Build(Op op, const Geometry& g) {
   }
   Geometry plain = g;
   plain.bias = false;
+  plain.relu = false;
   auto hint = ForwardDesc(plain, MakeDescs(plain));
   auto algo = dnnl::algorithm::convolution_direct;
   if (op == Op::kBwdData) {
@@ -177,8 +186,9 @@ std::optional<memory::data_type> DataType(ffi::DataType t) {
   return std::nullopt;
 }
 
-// sh, sw, pt, pb, pl, pr, then the OpenMP threads to run on (0: OpenMP's default).
-using Attrs = std::array<int64_t, 7>;
+// sh, sw, pt, pb, pl, pr, the OpenMP threads to run on (0: OpenMP's default), then relu (0/1,
+// read by the forward pass only).
+using Attrs = std::array<int64_t, 8>;
 
 // Geometry from x [n,h,w,c], kernel dims [kh,kw,c,o] and y [n,oh,ow,o] (whichever of them is
 // the input or the result of the op at hand) and the attributes.
@@ -186,7 +196,8 @@ Geometry MakeGeometry(memory::data_type dt, ffi::AnyBuffer::Dimensions x,
                       ffi::AnyBuffer::Dimensions k, ffi::AnyBuffer::Dimensions y,
                       const Attrs& attrs, bool bias) {
   return {dt,       x[0],     x[1],     x[2],     x[3],     k[3],     k[0],     k[1],   y[1],
-          y[2],     attrs[0], attrs[1], attrs[2], attrs[3], attrs[4], attrs[5], bias};
+          y[2],     attrs[0], attrs[1], attrs[2], attrs[3], attrs[4], attrs[5], bias,
+          attrs[7] != 0};
 }
 
 void* Data(ffi::AnyBuffer b) { return b.untyped_data(); }
@@ -268,8 +279,8 @@ ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi:
 }
 
 Attrs Pack(int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr,
-           int64_t threads) {
-  return {sh, sw, pt, pb, pl, pr, threads};
+           int64_t threads, int64_t relu = 0) {
+  return {sh, sw, pt, pb, pl, pr, threads, relu};
 }
 
 #define MNIST_ONEDNN_ATTRS                                                                   \
@@ -281,20 +292,21 @@ Attrs Pack(int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t p
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     mnist_onednn_conv_fwd,
     [](ffi::AnyBuffer x, ffi::AnyBuffer k, ffi::Result<ffi::AnyBuffer> y, int64_t sh, int64_t sw,
-       int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t threads) {
-      return Forward(x, k, std::nullopt, y, Pack(sh, sw, pt, pb, pl, pr, threads));
+       int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t threads, int64_t relu) {
+      return Forward(x, k, std::nullopt, y, Pack(sh, sw, pt, pb, pl, pr, threads, relu));
     },
     ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
-        MNIST_ONEDNN_ATTRS);
+        MNIST_ONEDNN_ATTRS.Attr<int64_t>("relu"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     mnist_onednn_conv_bias_fwd,
     [](ffi::AnyBuffer x, ffi::AnyBuffer k, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> y,
-       int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t threads) {
-      return Forward(x, k, b, y, Pack(sh, sw, pt, pb, pl, pr, threads));
+       int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t threads,
+       int64_t relu) {
+      return Forward(x, k, b, y, Pack(sh, sw, pt, pb, pl, pr, threads, relu));
     },
     ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
-        .Ret<ffi::AnyBuffer>() MNIST_ONEDNN_ATTRS);
+        .Ret<ffi::AnyBuffer>() MNIST_ONEDNN_ATTRS.Attr<int64_t>("relu"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     mnist_onednn_conv_bwd_data,
@@ -327,7 +339,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
 // 1 if this CPU runs dtype (0: float32, 1: bfloat16) convolutions through oneDNN, else 0.
 extern "C" int mnist_onednn_supports(int bf16) {
   Geometry g{bf16 ? memory::data_type::bf16 : memory::data_type::f32, 2, 8, 8, 16, 16, 3, 3, 8, 8,
-             1, 1, 1, 1, 1, 1, true};
+             1, 1, 1, 1, 1, 1, true, false};
   try {
     for (Op op : {Op::kFwd, Op::kBwdData, Op::kBwdWeights}) Lookup(op, g);
   } catch (const dnnl::error&) {
