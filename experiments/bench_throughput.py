@@ -1,6 +1,8 @@
 """Training throughput: the JAX ensemble engine against PyTorch, member scaling, input-pipeline cost.
 
-Three measurements, all float32 Adam (lr 1e-3, eps 1e-7, no weight decay), one process:
+Three measurements, all Adam (lr 1e-3, eps 1e-7, no weight decay), one process, in float32 or with
+`--dtype bfloat16` in bfloat16 compute (the models' `dtype`, as `compute_dtype="bfloat16"` trains;
+PyTorch under `torch.autocast("cpu", dtype=torch.bfloat16)`); parameters stay float32 on both sides:
 
 1. Model comparison (one member; `--models` specs are name[:field=int], e.g. senet:filters=32).
    JAX runs the real `engine.make_train_step` (strategy from `--strategy`, default
@@ -107,6 +109,11 @@ def param_count(spec: Spec) -> int:
 
 # Compiling `init_members` and the step dominates the harness's own run time (tens of seconds
 # each on a busy CPU) and the tables reuse configurations, so both are built once per process.
+def _model_fields(spec: Spec, dtype: str) -> tuple:
+    """The spec's fields plus the compute dtype, hashable (the caches' key)."""
+    return tuple(spec[1].items()) + ((("dtype", jnp.bfloat16),) if dtype == "bfloat16" else ())
+
+
 @functools.lru_cache(maxsize=None)
 def _initial_state(name: str, overrides: tuple, members: int) -> tuple:
     model = models.get(name, **dict(overrides))
@@ -137,9 +144,9 @@ def _train_step(name: str, overrides: tuple, members: int, batch: int, steps: in
 
 
 def jax_timer(spec: Spec, *, batch: int, members: int, steps: int, warmup: int, strategy: str,
-                augment_cfg: dict | None = None) -> Timer:
+              augment_cfg: dict | None = None, dtype: str = "float32") -> Timer:
     """Warmed up (compiled, then `warmup` steps): each call times `steps` real engine steps."""
-    name, overrides = spec[0], tuple(spec[1].items())
+    name, overrides = spec[0], _model_fields(spec, dtype)
     _, _, mesh, state = _initial_state(name, overrides, members)
     images, labels, order, train_step = _train_step(
         name, overrides, members, batch, steps, strategy,
@@ -188,7 +195,8 @@ def input_timer(*, batch: int, steps: int, warmup: int, augment_cfg: dict | None
     return lambda: run(steps)
 
 
-def torch_timer(spec: Spec, *, batch: int, steps: int, warmup: int, channels_last: bool) -> Timer:
+def torch_timer(spec: Spec, *, batch: int, steps: int, warmup: int, channels_last: bool,
+                dtype: str = "float32") -> Timer:
     """The PyTorch twin of `jax_timer` for one member."""
     import torch
     import torch_peer
@@ -208,6 +216,7 @@ def torch_timer(spec: Spec, *, batch: int, steps: int, warmup: int, channels_las
     labels = torch.from_numpy(labels).long()
     perm = torch.randperm(TRAIN_SIZE)[: steps * batch]
     loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
     step = 0
     def run(count: int) -> float:
@@ -217,8 +226,9 @@ def torch_timer(spec: Spec, *, batch: int, steps: int, warmup: int, channels_las
             idx = perm[(step % steps) * batch:][:batch]
             x = (images[idx].float() / 255.0).contiguous(memory_format=layout)
             y = labels[idx]
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            with autocast:
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -247,7 +257,8 @@ def compare(specs: Sequence[Spec], batches: Sequence[int], args) -> list[dict[st
         params = param_count(spec)
         for batch in batches:
             print(f"compare {spec_label(spec)} batch {batch} ...", file=sys.stderr, flush=True)
-            common = {"batch": batch, "steps": args.steps, "warmup": args.warmup}
+            common = {"batch": batch, "steps": args.steps, "warmup": args.warmup,
+                      "dtype": args.dtype}
             runs = {"jax": jax_timer(spec, members=1, strategy=args.strategy, **common)}
             layout = None
             if not args.no_torch:
@@ -271,7 +282,8 @@ def scaling(specs: Sequence[Spec], members: Sequence[int], args) -> list[dict[st
     for spec in specs:
         print(f"scaling {spec_label(spec)} M={counts} ...", file=sys.stderr, flush=True)
         runs = {m: jax_timer(spec, batch=args.scaling_batch, members=m, steps=args.steps,
-                             warmup=args.warmup, strategy=args.strategy) for m in counts}
+                             warmup=args.warmup, strategy=args.strategy, dtype=args.dtype)
+                for m in counts}
         times = alternate(runs, args.repeats)
         total = {m: m * args.scaling_batch * args.steps / statistics.median(t) for m, t in times.items()}
         rows += [{"model": spec_label(spec), "batch": args.scaling_batch, "members": m,
@@ -287,10 +299,10 @@ def input_share(specs: Sequence[Spec], args) -> list[dict[str, Any]]:
         print(f"input share {spec_label(spec)} ...", file=sys.stderr, flush=True)
         aug = AUGMENTS[spec[0]]
         common = {"batch": args.scaling_batch, "steps": args.steps, "warmup": args.warmup}
+        one = {"members": 1, "strategy": args.strategy, "dtype": args.dtype, **common}
         runs = {
-            "step": jax_timer(spec, members=1, strategy=args.strategy, **common),
-            "step_augmented": jax_timer(spec, members=1, strategy=args.strategy, augment_cfg=aug,
-                                        **common),
+            "step": jax_timer(spec, **one),
+            "step_augmented": jax_timer(spec, augment_cfg=aug, **one),
             "batching": input_timer(augment_cfg=None, **common),
             "batching_augment": input_timer(augment_cfg=aug, **common),
         }
@@ -359,6 +371,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per side (median reported)")
     p.add_argument("--steps", type=int, default=20, help="train steps per timed repeat")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after the compiling one")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="compute dtype of both sides (bfloat16: PyTorch under autocast)")
     p.add_argument("--strategy", choices=STRATEGIES, default=engine.default_strategy(),
                    help="engine member strategy (default: the backend's)")
     p.add_argument("--out", default="results.json", help="JSON file to write")
@@ -397,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     meta = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": len(jax.devices()),
             "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
-            "platform": platform.platform(), "strategy": args.strategy,
+            "platform": platform.platform(), "strategy": args.strategy, "dtype": args.dtype,
             "conv_backend": conv_backend(),
             "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup,
             "optimizer": {"name": "adam", "learning_rate": LEARNING_RATE, "eps": ADAM_EPS},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax.numpy as jnp
 import pytest
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -41,6 +42,17 @@ def test_torch_side_matches_and_is_timed(bench, tmp_path: Path) -> None:
     assert row["torch_images_per_s"] > 0
     assert row["ratio_jax_over_torch"] == pytest.approx(row["jax_images_per_s"] / row["torch_images_per_s"])
     assert json.loads(out.read_text())["meta"]["torch_threads"] == 2
+
+
+def test_bfloat16_runs_both_sides_in_bfloat16(bench, tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="the PyTorch side needs the optional `bench` extra")
+    results = bench.main([*TINY, "--dtype", "bfloat16", "--scaling-models", "", "--augment-models",
+                          "", "--out", str(tmp_path / "results.json")])
+    assert results["meta"]["dtype"] == "bfloat16"
+    (row,) = results["comparison"]
+    assert row["jax_images_per_s"] > 0 and row["torch_images_per_s"] > 0
+    model = bench._initial_state("tiny20k", bench._model_fields(("tiny20k", {}), "bfloat16"), 1)[0]
+    assert model.dtype == jnp.bfloat16
 
 
 @pytest.mark.parametrize("spec", ["senet:filters=32", "resnet_committee:width=32", "deotte"])
