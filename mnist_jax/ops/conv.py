@@ -20,9 +20,9 @@ When the oneDNN extension is loaded (`mnist_jax.ops.onednn.available()`: built b
 Linux x86-64, not turned off by `MNIST_JAX_ONEDNN=0`), float32 NHWC/HWIO convolutions run on
 oneDNN on the CPU instead, all three passes; everything above is then the fallback. The zoo uses
 all of it through `conv2d` (`models.blocks.Conv`), which also gives the bias and a following
-ReLU to oneDNN. bfloat16
-stays on lax: oneDNN 3.2's bfloat16 kernels ran slower than its float32 ones on this project's
-Intel machine, some (the strided kernel gradient) 60x slower (README, "Speed").
+ReLU to oneDNN. bfloat16 stays on lax: on this project's Intel machine (AVX512_BF16, no AMX)
+oneDNN 3.2's bfloat16 kernels ran 1.5-1.7x slower than its float32 ones, and a bf16 train step was
+no faster with them than with XLA's (README, "Speed").
 """
 
 from collections.abc import Sequence

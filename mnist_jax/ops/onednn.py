@@ -5,8 +5,9 @@ transposes; PyTorch's are oneDNN's and ran 1.5-2x faster on this project's machi
 "Speed"). `pip install` builds `libmnist_onednn.so` (C++ in `csrc/`, linked against the
 `onednn-cpu-gomp` wheel) on Linux x86-64; this module registers its handlers with XLA and wraps
 them in a `custom_vjp` whose forward pass (optionally with the ReLU that follows it fused in as a
-post-op), input gradient and kernel (and bias) gradient are each one oneDNN primitive. Inside that `custom_vjp`, `lax.platform_dependent` keeps lax's convolution on
-every other backend, so a program traced here still runs on a GPU/TPU.
+post-op), input gradient and kernel (and bias) gradient are each one oneDNN primitive. Inside
+that `custom_vjp`, `lax.platform_dependent` keeps lax's convolution on every other backend, so a
+program traced here still runs on a GPU/TPU.
 
 Threads: oneDNN runs each call on an OpenMP team inside the XLA device thread that calls it. With
 one CPU device per core (`mnist_jax.platform.configure_cpu`) a program on one device gets every
