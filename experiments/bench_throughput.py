@@ -107,13 +107,13 @@ def param_count(spec: Spec) -> int:
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes["params"]))
 
 
-# Compiling `init_members` and the step dominates the harness's own run time (tens of seconds
-# each on a busy CPU) and the tables reuse configurations, so both are built once per process.
 def _model_fields(spec: Spec, dtype: str) -> tuple:
     """The spec's fields plus the compute dtype, hashable (the caches' key)."""
     return tuple(spec[1].items()) + ((("dtype", jnp.bfloat16),) if dtype == "bfloat16" else ())
 
 
+# Compiling `init_members` and the step dominates the harness's own run time (tens of seconds
+# each on a busy CPU) and the tables reuse configurations, so both are built once per process.
 @functools.lru_cache(maxsize=None)
 def _initial_state(name: str, overrides: tuple, members: int) -> tuple:
     model = models.get(name, **dict(overrides))
