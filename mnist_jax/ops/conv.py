@@ -21,7 +21,7 @@ Linux x86-64, not turned off by `MNIST_JAX_ONEDNN=0`), float32 NHWC/HWIO convolu
 oneDNN on the CPU instead, all three passes; everything above is then the fallback. The zoo uses
 all of it through `conv2d` (`models.blocks.Conv`), which also gives the bias and a following
 ReLU to oneDNN. bfloat16 stays on lax: on this project's Intel machine (AVX512_BF16, no AMX)
-oneDNN 3.2's bfloat16 kernels ran 1.5-1.7x slower than its float32 ones, and a bf16 train step was
+oneDNN 3.2's bfloat16 kernels ran 1.2-1.8x slower than its float32 ones, and a bf16 train step was
 no faster with them than with XLA's (README, "Speed").
 """
 
