@@ -54,12 +54,14 @@ def _skip(step: int, error: Exception) -> None:
                     reason if len(reason) <= 200 else reason[:197] + "...")
 
 
-def _drop_closed_event_loop_noise() -> None:
+def _drop_failed_read_noise() -> None:
     """Silence orbax's leftovers of a failed read, and only those.
 
     When one array of a checkpoint fails to read, orbax closes its event loop while tensorstore
     still completes the other reads; each completion then raises 'Event loop is closed' in a
-    callback, which Python prints as an unraisable-exception traceback (a dozen of them).
+    callback, which Python prints as an unraisable-exception traceback (a dozen of them), and a
+    read that failed too may leave a future whose tensorstore error nobody retrieved, which
+    asyncio logs when the future is collected (sometimes only at exit).
     """
     previous = sys.unraisablehook
     if getattr(previous, "drops_closed_event_loop", False):
@@ -71,6 +73,15 @@ def _drop_closed_event_loop_noise() -> None:
             previous(unraisable)
     hook.drops_closed_event_loop = True
     sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_unretrieved_read_error)
+
+
+def _unretrieved_read_error(record: logging.LogRecord) -> bool:
+    """False (drop) for asyncio's 'exception was never retrieved' of a tensorstore read."""
+    error = record.exc_info[1] if record.exc_info else None
+    message = record.getMessage()
+    return not ("exception was never retrieved" in message
+                and "tensorstore_spec" in f"{message} {error}")
 
 
 def restore_latest(mngr: ocp.CheckpointManager, like: Any, config_fingerprint: dict
@@ -81,7 +92,7 @@ def restore_latest(mngr: ocp.CheckpointManager, like: Any, config_fingerprint: d
     a different config is refused, naming the fields that differ.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    _drop_closed_event_loop_noise()
+    _drop_failed_read_noise()
     for step in sorted(mngr.all_steps(), reverse=True):
         try:
             meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
