@@ -52,8 +52,9 @@ def load_config(name: str):
 
 
 def cut(config, members: int | None, epochs: int | None):
-    """The recipe with fewer members and, if asked, fewer epochs (epoch-based schedule
-    boundaries scaled with them)."""
+    """The recipe with fewer members and, if asked, fewer epochs: the schedule is compressed
+    with them (piecewise boundaries scaled, a per-epoch exponential decay steepened so the last
+    epoch's learning rate is the recipe's), so a short run still anneals as the recipe does."""
     if members is not None:
         config.num_members = members
     if epochs is not None and epochs < config.num_epochs:
@@ -63,6 +64,8 @@ def cut(config, members: int | None, epochs: int | None):
             schedule.boundaries = sorted({min(epochs, max(1, round(b * factor)))
                                           for b in schedule.boundaries})
             schedule["values"] = list(schedule["values"])[: len(schedule.boundaries) + 1]
+        elif schedule.name == "exponential":  # lr * d**(E - 1) at the last epoch, as in the recipe
+            schedule.decay_rate = schedule.decay_rate ** ((config.num_epochs - 1) / max(1, epochs - 1))
         config.clean_final_epochs = min(config.clean_final_epochs, max(0, epochs - 1))
         config.num_epochs = epochs
     return config

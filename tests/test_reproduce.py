@@ -25,6 +25,15 @@ def test_cut_takes_fewer_members_and_scales_the_schedule(reproduce):
     assert reproduce.cut(reproduce.load_config("deotte15"), None, None).num_members == 15
 
 
+def test_cut_steepens_an_exponential_decay_to_end_at_the_recipes_rate(reproduce):
+    recipe = reproduce.load_config("simple_m5")  # 1e-3 x 0.98^epoch over 150 epochs
+    config = reproduce.cut(reproduce.load_config("simple_m5"), members=1, epochs=20)
+    last = lambda c: c.optim.schedule.decay_rate ** (c.num_epochs - 1)  # noqa: E731
+    assert config.num_epochs == 20
+    assert config.optim.schedule.decay_rate < recipe.optim.schedule.decay_rate
+    assert last(config) == pytest.approx(last(recipe), rel=1e-9)
+
+
 def test_a_run_is_recorded_once_and_tabled(reproduce, mnist_dir, tmp_path, monkeypatch):
     real = reproduce.load_config
 
