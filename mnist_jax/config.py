@@ -51,7 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.label_smoothing = 0.0
     c.l1 = 0.0
     c.l1_params = "head/kernel"  # regex on '/'-joined parameter paths that get the L1 penalty.
-    c.ema_decay = 0.0  # 0: off; else evaluate an exponential moving average of the parameters.
+    c.ema_decay = 0.0  # 0: off; else evaluate an exponential moving average of the parameters
+    # (decay min(ema_decay, (1 + step) / (10 + step)), so it follows the weights early on).
     c.member_strategy = "auto"  # vmap | unroll (members one after another) | auto (per backend).
     # Groups: name -> overrides of the fields above for that group's members, e.g.
     # {"deotte": {"model": "deotte", "num_members": 2}, "m5": {"model": "simple_m5"}}. A grouped

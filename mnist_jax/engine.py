@@ -186,8 +186,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, mesh:
         updates, opt_state = tx.update(grads, member["opt_state"], member["params"])
         params = optax.apply_updates(member["params"], updates)
         ema_params = member["ema_params"]
-        if ema_decay:
-            ema_params = optax.incremental_update(params, ema_params, 1.0 - ema_decay)
+        if ema_decay:  # warmed up as TF's ExponentialMovingAverage(num_updates=step): early
+            # evaluations average recent weights, not the initial ones (which BN stats don't fit).
+            decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+            ema_params = optax.incremental_update(params, ema_params, 1.0 - decay)
         member = {**member, "params": params, "batch_stats": batch_stats, "opt_state": opt_state,
                   "ema_params": ema_params}
         metrics = {

@@ -19,7 +19,7 @@ def data():
     return images, labels
 
 
-def train(data, seed, num_members, strategy, steps=3, with_augment=True):
+def train(data, seed, num_members, strategy, steps=3, with_augment=True, ema_decay=0.9):
     """Params of `num_members` tiny20k members after `steps` engine steps."""
     images, labels = data
     cfg = base_config()
@@ -38,7 +38,7 @@ def train(data, seed, num_members, strategy, steps=3, with_augment=True):
     step_fn = engine.make_train_step(
         model, tx, mesh=mesh, augment_fn=augment.build(cfg.augment) if with_augment else None,
         steps_per_epoch=STEPS_PER_EPOCH, batch_size=BATCH, label_smoothing=0.1, l1=1e-4,
-        l1_params="head/kernel", ema_decay=0.9, strategy=strategy)
+        l1_params="head/kernel", ema_decay=ema_decay, strategy=strategy)
     images, labels = engine.put_replicated(images, mesh), engine.put_replicated(labels, mesh)
     for step in range(steps):
         state, metrics = step_fn(state, metrics, jnp.int32(step), images, labels, order)
@@ -63,6 +63,18 @@ def test_members_trained_together_equal_members_trained_alone(data, strategy):
     assert_trees_close(member(together["params"], 1), member(alone["params"], 0))
     assert_trees_close(member(together["ema_params"], 1), member(alone["ema_params"], 0))
     assert_trees_close(member(together["batch_stats"], 1), member(alone["batch_stats"], 0))
+
+
+def test_ema_follows_the_weights_from_the_first_steps(data):
+    """With a long-horizon decay the average still tracks the trained weights after a few steps
+    (warm-up), instead of staying at the initial ones that the BatchNorm statistics don't fit."""
+    init, _ = train(data, seed=0, num_members=1, strategy="unroll", steps=0, ema_decay=0.999)
+    trained, _ = train(data, seed=0, num_members=1, strategy="unroll", steps=3, ema_decay=0.999)
+    def distance(a, b):
+        return np.sqrt(sum(np.sum((x - y) ** 2) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+    to_weights = distance(trained["ema_params"], trained["params"])
+    to_init = distance(trained["ema_params"], init["params"])
+    assert to_weights < 0.5 * to_init
 
 
 def test_strategies_compute_the_same_numbers(data):
