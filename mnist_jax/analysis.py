@@ -34,7 +34,7 @@ class AnalysisError(ValueError):
 
 
 def _read_config(workdir: Path) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
-    return runfolder.read_config(workdir, check=run_lib.validate)
+    return runfolder.read_config(workdir, check=run_lib.validate, upgrade=config_lib.with_new_fields)
 
 
 def restore(workdir: str | Path) -> tuple[run_lib.Setup, run_lib.State]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -84,12 +85,14 @@ def _unretrieved_read_error(record: logging.LogRecord) -> bool:
                 and "tensorstore_spec" in f"{message} {error}")
 
 
-def restore_latest(mngr: ocp.CheckpointManager, like: Any, config_fingerprint: dict
+def restore_latest(mngr: ocp.CheckpointManager, like: Any, config_fingerprint: dict,
+                   upgrade: Callable[[dict], dict] = lambda saved: saved
                    ) -> tuple[Any, dict] | None:
     """The newest readable checkpoint as `(tree, meta)`, or None when there is none.
 
     An unreadable newest checkpoint falls back to the previous one with a warning; one made by
-    a different config is refused, naming the fields that differ.
+    a different config is refused, naming the fields that differ. `upgrade` brings the saved
+    fingerprint to today's schema before the comparison.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     _drop_failed_read_noise()
@@ -99,7 +102,7 @@ def restore_latest(mngr: ocp.CheckpointManager, like: Any, config_fingerprint: d
         except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped the same way
             _skip(step, e)
             continue
-        differences = _differences(meta["config"], config_fingerprint)
+        differences = _differences(upgrade(meta["config"]), config_fingerprint)
         if differences:
             raise CheckpointError(
                 f"{mngr.directory} holds a run of another config ({'; '.join(differences[:5])}); "

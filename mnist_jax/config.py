@@ -205,5 +205,26 @@ def fingerprint(config: ml_collections.ConfigDict) -> dict:
     return resolved
 
 
+def with_new_fields(saved: dict) -> dict:
+    """A config saved by an older version (a run's config.json, a checkpoint's fingerprint) with
+    the fields added to the schema since then, at their defaults: a new field's default is the
+    behaviour from before it existed, so old run folders still load and resume."""
+    def fill(saved: dict, defaults: dict) -> dict:
+        out = dict(saved)
+        for key, default in defaults.items():
+            if key not in out:
+                out[key] = default
+            elif isinstance(default, dict) and isinstance(out[key], dict):
+                out[key] = fill(out[key], default)
+        return out
+    return fill(saved, base_config().to_dict())
+
+
+def saved_fingerprint(saved: dict) -> dict:
+    """`fingerprint` of a checkpoint's saved fingerprint, with the fields added since (see
+    `with_new_fields`)."""
+    return fingerprint(ml_collections.ConfigDict(with_new_fields(saved)))
+
+
 def digest(config: ml_collections.ConfigDict) -> str:
     return hashlib.sha256(json.dumps(fingerprint(config), sort_keys=True).encode()).hexdigest()[:16]

@@ -112,7 +112,8 @@ def restore(setup: Setup, workdir: Path) -> State | None:
     mngr = checkpoint.manager(workdir, setup.config.keep_checkpoints)
     try:
         restored = checkpoint.restore_latest(mngr, _abstract(setup),
-                                             config_lib.fingerprint(setup.config))
+                                             config_lib.fingerprint(setup.config),
+                                             upgrade=config_lib.saved_fingerprint)
     finally:
         mngr.close()
     if restored is None:

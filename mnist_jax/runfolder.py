@@ -70,9 +70,11 @@ def write_config(workdir: Path, config: ml_collections.ConfigDict, class_names: 
     write_json(workdir / "classes.json", {"class_names": list(class_names)})
 
 
-def read_config(workdir: Path, check: Callable[[ml_collections.ConfigDict], None]
+def read_config(workdir: Path, check: Callable[[ml_collections.ConfigDict], None],
+                upgrade: Callable[[dict], dict] = lambda saved: saved
                 ) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
-    """The run's resolved config, passed through `check` (e.g. `run.validate`), and its class
+    """The run's resolved config, brought to today's schema by `upgrade` (e.g.
+    `config.with_new_fields`) and passed through `check` (e.g. `run.validate`), and its class
     names."""
     fix = ("is this a run folder of python -m mnist_jax.main? Re-running its training command "
            "rewrites it")
@@ -85,8 +87,8 @@ def read_config(workdir: Path, check: Callable[[ml_collections.ConfigDict], None
     names = _read_json(classes_path, fix).get("class_names") if classes_path.exists() else legacy
     if not isinstance(names, list) or not names:
         raise RunFolderError(f"{classes_path} is missing or damaged (no class_names list): {fix}")
-    config = ml_collections.ConfigDict(saved)
     try:
+        config = ml_collections.ConfigDict(upgrade(saved))
         check(config)
     except (ValueError, AttributeError, KeyError, TypeError) as e:
         raise RunFolderError(f"{path} is not a usable config ({_one_line(e)}): {fix}") from None

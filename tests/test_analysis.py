@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,21 @@ def test_restore_gives_the_trained_state(run_dir, view):
     np.testing.assert_array_equal(  # what predict uses is what restore returns
         jax.tree.leaves(state.members["params"])[0],
         jax.tree.leaves(view._restored.state.members["params"])[0])
+
+
+@pytest.mark.slow
+def test_a_run_folder_of_an_older_version_still_loads(run_dir, results, tmp_path):
+    """Fields added to the schema after a run was written (here `groups` and `augment.crop`)
+    take their defaults, in config.json and in the checkpoints' saved fingerprints alike."""
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    for path in [old / "config.json", *old.glob("checkpoints/*/meta/metadata")]:
+        saved = json.loads(path.read_text())
+        config = saved.get("config", saved)
+        del config["groups"], config["augment"]["crop"]
+        path.write_text(json.dumps(saved))
+    ev = analysis.load_run(old).evaluate(split="test")
+    assert ev["accuracy"] == results["ensemble"]["test_accuracy"]
 
 
 @pytest.mark.slow
