@@ -86,8 +86,7 @@ def _unretrieved_read_error(record: logging.LogRecord) -> bool:
 
 
 def restore_latest(mngr: ocp.CheckpointManager, like: Any, config_fingerprint: dict,
-                   upgrade: Callable[[dict], dict] = lambda saved: saved
-                   ) -> tuple[Any, dict] | None:
+                   upgrade: Callable[[dict], dict]) -> tuple[Any, dict] | None:
     """The newest readable checkpoint as `(tree, meta)`, or None when there is none.
 
     An unreadable newest checkpoint falls back to the previous one with a warning; one made by
