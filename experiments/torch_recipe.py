@@ -155,6 +155,9 @@ def train_member(config, member: int, train: tuple, val: tuple | None, log) -> t
     pool = round(config.bagging * len(labels)) if config.bagging else len(labels)
     bag = torch.randperm(len(labels), generator=generator)[:pool]
     steps = pool // config.batch_size
+    if steps == 0:
+        raise RecipeError(f"torch_recipe: each member sees {pool} images an epoch, fewer than "
+                          f"batch_size={config.batch_size}; train on more images")
     model = keras_init(torch_peer.get(config.model))
     opt = config.optim
     optimizer = torch.optim.Adam(model.parameters(), lr=opt.learning_rate, betas=(opt.b1, opt.b2),
@@ -189,7 +192,11 @@ def run(name: str, config, command: str, log=print) -> dict[str, Any]:
     kw = dict(validation_size=config.validation_size,
               validation_seed=None if config.validation_seed < 0 else config.validation_seed)
     folder = config.data_dir or None
-    train = to_tensor(data.load(config.dataset, "train", folder, **kw))
+    train_split = data.load(config.dataset, "train", folder, **kw)
+    if len(train_split.class_names) != 10:
+        raise RecipeError(f"torch_recipe: dataset {config.dataset!r} has "
+                          f"{len(train_split.class_names)} classes; the PyTorch twins have 10")
+    train = to_tensor(train_split)
     if config.train_subset:
         train = tuple(t[:config.train_subset] for t in train)
     val = to_tensor(data.load(config.dataset, "validation", folder, **kw)) if config.validation_size else None
