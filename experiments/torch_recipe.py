@@ -126,7 +126,8 @@ def keras_init(model: nn.Module) -> nn.Module:
     for layer in model.modules():
         if isinstance(layer, (nn.Conv2d, nn.Linear)):
             nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            if layer.bias is not None:  # senet's squeeze-excite layers have none
+                nn.init.zeros_(layer.bias)
     return model
 
 
