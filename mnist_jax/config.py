@@ -7,7 +7,6 @@ Configs start from `base_config()` and override fields, so every run has every f
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib.util
 import json
 import re
@@ -224,7 +223,3 @@ def saved_fingerprint(saved: dict) -> dict:
     """`fingerprint` of a checkpoint's saved fingerprint, with the fields added since (see
     `with_new_fields`)."""
     return fingerprint(ml_collections.ConfigDict(with_new_fields(saved)))
-
-
-def digest(config: ml_collections.ConfigDict) -> str:
-    return hashlib.sha256(json.dumps(fingerprint(config), sort_keys=True).encode()).hexdigest()[:16]

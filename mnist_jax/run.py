@@ -105,15 +105,26 @@ def _tree(state: State) -> dict:
     return {"state": state.members, "metrics": state.metrics}
 
 
+def _fingerprint(setup: Setup) -> dict:
+    """What a checkpoint resumes only into: the config's fields and the model's, defaults included."""
+    return {**config_lib.fingerprint(setup.config), "model_fields": models.fields(setup.model)}
+
+
+def _saved_fingerprint(setup: Setup, saved: dict) -> dict:
+    saved = dict(saved)
+    # Checkpoints written before the model's fields were recorded resume with today's defaults.
+    fields = saved.pop("model_fields", models.fields(setup.model))
+    return {**config_lib.saved_fingerprint(saved), "model_fields": fields}
+
+
 def restore(setup: Setup, workdir: Path) -> State | None:
     """The newest readable checkpoint of `workdir`, or None when it has none."""
     if not runfolder.has_checkpoint(workdir):
         return None
     mngr = checkpoint.manager(workdir, setup.config.keep_checkpoints)
     try:
-        restored = checkpoint.restore_latest(mngr, _abstract(setup),
-                                             config_lib.fingerprint(setup.config),
-                                             upgrade=config_lib.saved_fingerprint)
+        restored = checkpoint.restore_latest(mngr, _abstract(setup), _fingerprint(setup),
+                                             upgrade=lambda saved: _saved_fingerprint(setup, saved))
     finally:
         mngr.close()
     if restored is None:
@@ -125,7 +136,7 @@ def restore(setup: Setup, workdir: Path) -> State | None:
 
 
 def save(setup: Setup, mngr: Any, state: State) -> None:
-    meta = {"config": config_lib.fingerprint(setup.config), "step": state.step,
+    meta = {"config": _fingerprint(setup), "step": state.step,
             "wall_time_s": state.wall_time_s}
     checkpoint.save(mngr, state.step, _tree(state), meta)
 

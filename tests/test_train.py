@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_jax import checkpoint, config as config_lib, data, run as run_lib, runfolder, train
+from mnist_jax import checkpoint, config as config_lib, data, models, run as run_lib, runfolder, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,6 +90,31 @@ def test_kill_and_resume_equals_uninterrupted(mnist_dir, tmp_path, monkeypatch):
     with pytest.raises(checkpoint.CheckpointError, match="seed: 0 -> 7"):
         train.train_and_evaluate(other, tmp_path / "resumed")
     assert (tmp_path / "resumed" / "config.json").read_text() == before
+
+
+def test_a_checkpoint_resumes_only_into_the_model_defaults_it_was_trained_with(tmp_path, monkeypatch):
+    """A model default changed since a run started (no config field differs) is refused by name;
+    a checkpoint from before model fields were recorded resumes with today's defaults."""
+    config = load_config("tiny20k")  # its dropout 0.3 is the model's default, not an override
+    config.num_members = 1
+    setup = run_lib.setup(config, 10, steps_per_epoch=1)
+    state = run_lib.init_state(setup)
+    old_fingerprint = {"config": config_lib.fingerprint(config), "step": 0, "wall_time_s": 0.0}
+    for folder, meta in (("new", None), ("old", old_fingerprint)):
+        mngr = checkpoint.manager(tmp_path / folder, keep=1)
+        if meta is None:
+            run_lib.save(setup, mngr, state)
+        else:
+            checkpoint.save(mngr, 0, {"state": state.members, "metrics": state.metrics}, meta)
+        mngr.close()
+    assert run_lib.restore(setup, tmp_path / "new").step == 0
+
+    cls, preset = models._REGISTRY["tiny20k"]
+    monkeypatch.setitem(models._REGISTRY, "tiny20k", (cls, {**preset, "dropout_rate": 0.5}))
+    changed = run_lib.setup(config, 10, steps_per_epoch=1)
+    with pytest.raises(checkpoint.CheckpointError, match=r"model_fields\.dropout_rate: 0\.3 -> 0\.5"):
+        run_lib.restore(changed, tmp_path / "new")
+    assert run_lib.restore(changed, tmp_path / "old").step == 0
 
 
 def test_unretrieved_tensorstore_read_errors_are_not_logged(caplog):

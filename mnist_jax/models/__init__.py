@@ -61,6 +61,13 @@ def get(name: str, **overrides: Any) -> nn.Module:
     return cls(**{**preset, **checked})
 
 
+def fields(model: nn.Module) -> dict[str, Any]:
+    """The field values that define `model`'s network (its dtypes aside), JSON-ready. A checkpoint
+    records them, so a run whose model defaults changed since is refused rather than resumed."""
+    values = {f.name: getattr(model, f.name) for f in _fields(type(model)) if f.name not in _DTYPE_FIELDS}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
 def _fields(cls: type[nn.Module]) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
 
