@@ -7,9 +7,9 @@ An ensemble fixes the mistakes its members do not share. For the first run this 
 member's errors, how many images k of its members get wrong (k = 1 .. M), its ensemble's errors,
 and, for the images all of its members get wrong, how many of those every other run's members
 (other recipes or architectures) get wrong too, and the errors once each other run's members
-join the first run's (mean probability, every member weighing the same). The default split is
-validation, so this can guide a choice; `--picture` draws the images all members of the first
-run get wrong. The runs are restored from their newest checkpoints and must share the split
+join the first run's, and once all runs' members are together (mean probability, every member
+weighing the same). The default split is validation, so this can guide a choice; `--picture`
+draws the images all members of the first run get wrong. The runs are restored from their newest checkpoints and must share the split
 (same dataset and validation images).
 """
 
@@ -65,6 +65,8 @@ def report(names: list[str], probs: list[np.ndarray], labels: np.ndarray) -> tup
         lines.append(f"{name}: members' errors {w.sum(axis=1).tolist()}; of the {len(shared)}, "
                      f"wrong too {w[:, shared].sum(axis=1).tolist()}; ensemble with "
                      f"{names[0]}: {ensemble_errors(probs[0], p)} errors")
+    if len(probs) > 2:
+        lines.append(f"all {len(probs)} runs' members together: {ensemble_errors(*probs)} errors")
     return "\n".join(lines), shared
 
 

@@ -31,6 +31,13 @@ def test_report_counts_shared_mistakes_and_what_other_runs_fix(shared_errors):
     assert "members' errors [1, 2], ensemble 1 of 4" in text
     assert "k=1: 1, k=2: 1" in text
     assert "b: members' errors [0]; of the 1, wrong too [0]; ensemble with a: 1 errors" in text
+    assert "all" not in text.splitlines()[-1]  # two runs: no separate line for all together
+
+    # A third run, sure and right: with a alone image 0 stays wrong; all three outvote a on it.
+    sure = np.stack([one_hot([0, 1, 2, 0])])
+    text, _ = shared_errors.report(["a", "b", "c"], [first, other, sure], labels)
+    assert "c: members' errors [0]; of the 1, wrong too [0]; ensemble with a: 1 errors" in text
+    assert text.splitlines()[-1] == "all 3 runs' members together: 0 errors"
 
 
 def test_a_missing_run_is_one_line(shared_errors, tmp_path):
