@@ -9,8 +9,8 @@ and, for the images all of its members get wrong, how many of those every other 
 (other recipes or architectures) get wrong too, and the errors once each other run's members
 join the first run's, and once all runs' members are together (mean probability, every member
 weighing the same). The default split is validation, so this can guide a choice; `--picture`
-draws the images all members of the first run get wrong. The runs are restored from their newest checkpoints and must share the split
-(same dataset and validation images).
+draws the images all members of the first run get wrong. The runs are restored from their
+newest checkpoints and must share the split (same dataset and validation images).
 """
 
 from __future__ import annotations
