@@ -4,7 +4,9 @@ One-cycle Adam over 10 epochs with beta1 cycling inversely to the LR; elastic di
 rotation +-10 deg and a random 25x25 crop resized to 28x28; at test time the same, with the
 crop a centre crop, averaged over `tta_samples` passes. Silent in the recipe, chosen here:
 batch 128, peak LR 3e-3 with fastai's one-cycle defaults (pct 0.25, div 25, final div 1e5),
-and Simard's elastic parameters (alpha 34, sigma 4).
+and Simard's elastic parameters (alpha 34, sigma 4). Evaluation without TTA sees the centre
+crop too (`augment.eval_view`): compared on validation with the whole image, one member, 23
+errors against 25 and NLL 0.0152 against 0.0179 (experiments/results/config_selection.md).
 """
 
 from mnist_jax.config import base_config

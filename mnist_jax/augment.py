@@ -79,6 +79,16 @@ def build(cfg: ml_collections.ConfigDict, *, test_time: bool = False) -> Augment
     return augment_fn
 
 
+def eval_view(cfg: ml_collections.ConfigDict) -> AugmentFn | None:
+    """What a model trained with `cfg` is evaluated on (without TTA): the centre crop resized back
+    when training crops, since every training image was a zoomed-in crop; else the image as it is
+    (None)."""
+    size = _validated(cfg)["crop"]
+    if not size:
+        return None
+    return lambda key, images: center_crop_resize(images, size=size)
+
+
 def affine(images: jax.Array, matrices: jax.Array | np.ndarray, *, fill: float = 0.0) -> jax.Array:
     """Resample each image through its inverse-map affine matrix about the image centre.
 

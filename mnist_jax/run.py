@@ -143,8 +143,9 @@ def save(setup: Setup, mngr: Any, state: State) -> None:
 
 def predictor(setup: Setup, *, tta: bool = False) -> Callable:
     """`predict(members, images_uint8, key) -> logits [M, B, C]`: the EMA parameters when the
-    config keeps them, through the config's test-time augmentation when `tta`."""
+    config keeps them, through the config's test-time augmentation when `tta`, else through
+    `augment.eval_view` (the centre crop of a config that trains on crops)."""
     c = setup.config
-    augment_fn = augment.build(c.augment, test_time=True) if tta else None
+    augment_fn = augment.build(c.augment, test_time=True) if tta else augment.eval_view(c.augment)
     return engine.make_predict(setup.model, mesh=setup.mesh, strategy=setup.strategy,
                                use_ema=bool(c.ema_decay), augment_fn=augment_fn)

@@ -186,6 +186,13 @@ def test_test_time_build_crops_the_centre_and_keeps_the_rest_random():
                   np.asarray(rotating(jax.random.key(1), x))).max() > 0.1
 
 
+def test_eval_view_is_the_centre_crop_of_a_cropping_config_and_nothing_otherwise():
+    x = _random_images()
+    view = augment.eval_view(_config(crop=25, rotation=10.0, elastic_alpha=34.0))
+    np.testing.assert_array_equal(view(jax.random.key(0), x), augment.center_crop_resize(x, size=25))
+    assert augment.eval_view(_config(rotation=10.0, elastic_alpha=34.0)) is None
+
+
 def test_build_applies_the_affine_before_the_crop():
     # One composed resampling must match the two steps in order: shift, then zoom-in crop.
     x = _blob(sigma=3.0)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_jax import checkpoint, config as config_lib, data, models, run as run_lib, runfolder, train
+from mnist_jax import augment, checkpoint, config as config_lib, data, engine, models, run as run_lib, runfolder, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,6 +115,24 @@ def test_a_checkpoint_resumes_only_into_the_model_defaults_it_was_trained_with(t
     with pytest.raises(checkpoint.CheckpointError, match=r"model_fields\.dropout_rate: 0\.3 -> 0\.5"):
         run_lib.restore(changed, tmp_path / "new")
     assert run_lib.restore(changed, tmp_path / "old").step == 0
+
+
+def test_a_config_that_trains_on_crops_is_evaluated_on_the_centre_crop():
+    """Every training image of a cropping config is a zoomed-in crop, so validation, test and
+    `analysis` see the centre crop resized back, not the whole image."""
+    config = load_config("tiny20k")
+    config.num_members = 1
+    config.augment.crop = 20
+    setup = run_lib.setup(config, 10, steps_per_epoch=1)
+    members = run_lib.init_state(setup).members
+    images = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
+    key = jax.random.PRNGKey(0)
+    got = run_lib.predictor(setup)(members, images, key)
+    centre = engine.make_predict(setup.model, mesh=setup.mesh, strategy=setup.strategy, use_ema=False,
+                                 augment_fn=lambda k, x: augment.center_crop_resize(x, size=20))
+    whole = engine.make_predict(setup.model, mesh=setup.mesh, strategy=setup.strategy, use_ema=False)
+    np.testing.assert_array_equal(got, centre(members, images, key))
+    assert np.abs(np.asarray(got) - np.asarray(whole(members, images, key))).max() > 1e-3
 
 
 def test_unretrieved_tensorstore_read_errors_are_not_logged(caplog):
