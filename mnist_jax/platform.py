@@ -57,9 +57,8 @@ def configure_cpu() -> None:
     _configured = True
 
 
-# mallopt parameters (glibc's malloc.h) and the environment variables that set them at startup.
+# mallopt parameters (glibc's malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-_MALLOC_ENV = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
 
 def keep_freed_memory() -> bool:
@@ -68,14 +67,15 @@ def keep_freed_memory() -> bool:
     XLA:CPU allocates a step's buffers on its worker threads and frees them after the step; glibc
     hands such large blocks of a thread's arena back to the kernel (munmap), so every step
     writes fresh pages, each a page fault the kernel zero-fills: tens of thousands a step for the
-    zoo's larger nets, 10-20 % of the step's time (README, "Speed"). One arena, no mmap and no
-    trimming keep the memory for the next step; the peak is unchanged, and the process keeps it
+    zoo's larger nets, a large share of their step time (README, "Speed"). One arena, no mmap and
+    no trimming keep the memory for the next step; the peak is unchanged, and the process keeps it
     until it exits. Only on Linux with glibc, before the backend starts its threads, and not when
-    the environment sets malloc itself. Returns whether it applied.
+    the environment sets malloc itself (any `MALLOC_*` variable or `GLIBC_TUNABLES`). Returns
+    whether it applied.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
-    if any(name in os.environ for name in _MALLOC_ENV):
+    if any(name.startswith("MALLOC_") or name == "GLIBC_TUNABLES" for name in os.environ):
         return False
     mallopt = ctypes.CDLL(None).mallopt
     return all(mallopt(param, value) == 1 for param, value in
