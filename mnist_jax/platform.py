@@ -69,9 +69,9 @@ def keep_freed_memory() -> bool:
     writes fresh pages, each a page fault the kernel zero-fills: tens of thousands a step for the
     zoo's larger nets, a large share of their step time (README, "Speed"). One arena, no mmap and
     no trimming keep the memory for the next step; the process keeps its peak (a little higher:
-    one arena fragments) until it exits. Only on Linux with glibc, before the backend starts its threads, and not when
-    the environment sets malloc itself (any `MALLOC_*` variable or `GLIBC_TUNABLES`). Returns
-    whether it applied.
+    one arena fragments) until it exits. Only on Linux with glibc, before the backend starts its
+    threads, and not when the environment sets malloc itself (any `MALLOC_*` variable or
+    `GLIBC_TUNABLES`). Returns whether it applied.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
