@@ -52,7 +52,7 @@ import ml_collections
 import numpy as np
 
 from mnist_jax import augment, engine, models, optim
-from mnist_jax.platform import configure_cpu, conv_backend, cpu_model
+from mnist_jax.platform import configure_cpu, conv_backend, cpu_model, malloc_mode
 
 DEFAULT_MODELS = ("tiny20k", "deotte", "senet", "senet:filters=32", "resnet_committee",
                   "resnet_committee:width=32")
@@ -412,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     meta = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": len(jax.devices()),
             "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
             "platform": platform.platform(), "strategy": args.strategy, "dtype": args.dtype,
-            "conv_backend": conv_backend(),
+            "conv_backend": conv_backend(), "malloc": malloc_mode(),
             "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup,
             "optimizer": {"name": "adam", "learning_rate": LEARNING_RATE, "eps": ADAM_EPS},
             "load_average_before": os.getloadavg()}

@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from mnist_jax import config as config_lib, runfolder, train  # noqa: E402  (the repo on the path first, for a plain checkout)
 from mnist_jax.atomic import write_bytes, write_json  # noqa: E402
-from mnist_jax.platform import configure_cpu, conv_backend, cpu_model, device_description  # noqa: E402
+from mnist_jax.platform import configure_cpu, conv_backend, cpu_model, device_description, malloc_mode  # noqa: E402
 
 MILESTONES_MIN = (15, 60)
 TARGETS = {15: 0.9965, 60: 0.9975}  # issue 13's targets, drawn on the plot.
@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "budget_minutes": args.budget_minutes,
         "points": points,
         "conv_backend": conv_backend(),
+        "malloc": malloc_mode(),
         **{f"accuracy_at_{m}_min": at_budget(points, m) for m in MILESTONES_MIN},
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,  # KiB on Linux
         "load_average_before": load_before,

@@ -16,6 +16,7 @@ import platform
 import jax
 
 _configured = False
+_memory_kept = False
 
 
 def _usable_cores() -> int:
@@ -77,9 +78,17 @@ def keep_freed_memory() -> bool:
         return False
     if any(name.startswith("MALLOC_") or name == "GLIBC_TUNABLES" for name in os.environ):
         return False
+    global _memory_kept
     mallopt = ctypes.CDLL(None).mallopt
-    return all(mallopt(param, value) == 1 for param, value in
-               ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
+    _memory_kept = all(mallopt(param, value) == 1 for param, value in
+                       ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
+    return _memory_kept
+
+
+def malloc_mode() -> str:
+    """"kept" once `keep_freed_memory` applied in this process, else "default": step times
+    compare only within one mode (README, "Speed")."""
+    return "kept" if _memory_kept else "default"
 
 
 def _backend_started() -> bool:

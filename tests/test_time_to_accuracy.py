@@ -62,6 +62,7 @@ def test_waves_grow_the_ensemble_and_the_files_say_so(tta, mnist_dir, tmp_path):
     assert saved["points"] == points and saved["peak_rss_gb"] > 0
     assert saved["accuracy_at_60_min"] == points[-1]["test_accuracy"]  # the last wave, not the best
     assert saved["conv_backend"] in ("onednn", "xla") and saved["machine"] and saved["date"]
+    assert saved["malloc"] in ("kept", "default")
     assert (out / "time_to_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
