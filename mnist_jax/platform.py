@@ -86,7 +86,7 @@ def keep_freed_memory() -> bool:
 
 
 def malloc_mode() -> str:
-    """"kept" once `keep_freed_memory` applied in this process, else "default": step times
+    """`kept` once `keep_freed_memory` applied in this process, else `default`: step times
     compare only within one mode (README, "Speed")."""
     return "kept" if _memory_kept else "default"
 
