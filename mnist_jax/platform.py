@@ -36,7 +36,7 @@ def configure_cpu() -> None:
       it, so it goes into `XLA_FLAGS`, only on the jaxlib minor version it was measured on (an
       unknown XLA flag aborts the process) and only if `XLA_FLAGS` does not choose already.
     - Quiet: JAX's INFO line about the missing TPU runtime is dropped on CPU-only machines.
-    - Freed memory kept (Linux glibc, `keep_freed_memory`).
+    - Freed memory kept (Linux glibc, `_keep_freed_memory`).
 
     Must run before JAX starts its CPU backend (the first computation or `jax.devices()`);
     called later it changes nothing and logs a warning.
@@ -54,7 +54,7 @@ def configure_cpu() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_experimental_ynn_fusion_type=".strip()
     if "xla_force_host_platform_device_count" not in flags and "JAX_NUM_CPU_DEVICES" not in os.environ:
         jax.config.update("jax_num_cpu_devices", _usable_cores())
-    keep_freed_memory()
+    _keep_freed_memory()
     _configured = True
 
 
@@ -62,7 +62,7 @@ def configure_cpu() -> None:
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 
 
-def keep_freed_memory() -> bool:
+def _keep_freed_memory() -> None:
     """Have glibc keep freed memory in the process instead of returning it to the kernel.
 
     XLA:CPU allocates a step's buffers on its worker threads and frees them after the step; glibc
@@ -72,21 +72,20 @@ def keep_freed_memory() -> bool:
     no trimming keep the memory for the next step; the process keeps its peak (a little higher:
     one arena fragments) until it exits. Only on Linux with glibc, before the backend starts its
     threads, and not when the environment sets malloc itself (any `MALLOC_*` variable or
-    `GLIBC_TUNABLES`). Returns whether it applied.
+    `GLIBC_TUNABLES`); `malloc_mode` says whether it applied.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    if any(name.startswith("MALLOC_") or name == "GLIBC_TUNABLES" for name in os.environ):
-        return False
     global _memory_kept
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    if any(name.startswith("MALLOC_") or name == "GLIBC_TUNABLES" for name in os.environ):
+        return
     mallopt = ctypes.CDLL(None).mallopt
     _memory_kept = all(mallopt(param, value) == 1 for param, value in
                        ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
-    return _memory_kept
 
 
 def malloc_mode() -> str:
-    """`kept` once `keep_freed_memory` applied in this process, else `default`: step times
+    """`kept` once `configure_cpu` kept freed memory in this process, else `default`: step times
     compare only within one mode (README, "Speed")."""
     return "kept" if _memory_kept else "default"
 
