@@ -2,12 +2,16 @@
 
     python experiments/reproduce.py --config=deotte15 --members=4
     python experiments/reproduce.py --config=senet_ensemble --members=2 --epochs=5
+    python experiments/reproduce.py --config=deotte15 --members=4 --first-member=4
     python experiments/reproduce.py --table        # the README's table, from the JSON
 
 Each run is the config's published recipe; `--members` takes fewer members (the first ones, with
 their own seeds), and `--epochs` cuts the schedule only where one member does not fit the time
-(the table then says so). Every number comes from the run's results.json: test numbers
-evaluated once, at the end, every choice made on validation. A run interrupted by a signal
+(the table then says so). `--first-member=K` grows an ensemble across sessions: it trains members
+K, K+1, ... (with the seeds one run of all of them would give them) and records them joined with
+the finished run of members 0..K-1 (the same command with `--members=K`) as one row. Every number
+comes from the runs' results.json and predictions.npz: test numbers evaluated once, at the end,
+every choice made on validation. A run interrupted by a signal
 resumes when the same command is run again; the JSON gets its row only when the run finished.
 """
 
@@ -26,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mnist_jax import config as config_lib, train  # noqa: E402  (the repo on the path first, for a plain checkout)
+from mnist_jax import analysis, config as config_lib, runfolder, train  # noqa: E402  (the repo on the path first, for a plain checkout)
 from mnist_jax.atomic import write_json  # noqa: E402
 from mnist_jax.platform import configure_cpu  # noqa: E402
 
@@ -93,6 +97,37 @@ def run_record(name: str, config, results: dict[str, Any], command: str) -> dict
     }
 
 
+def joined_record(run: dict[str, Any], earlier: Path, later: Path, earlier_command: str
+                  ) -> dict[str, Any]:
+    """`run`, of members K.. in `later`, joined with the finished run of members 0..K-1 in
+    `earlier`: every member weighs the same in the ensemble (mean probability, as within one
+    run), wall times add up, and the command is both runs' commands."""
+    views = [analysis.load_run(w) for w in (earlier, later)]
+    before, after = (v.predictions for v in views)
+    if not np.array_equal(before["labels"], after["labels"]):
+        raise SystemExit(f"reproduce: {earlier} and {later} were tested on different labels; "
+                         f"join runs of the same dataset")
+
+    def accuracy(key: str, labels_key: str) -> float | None:  # None unless both runs saved it
+        if key not in before or key not in after:
+            return None
+        probs = np.concatenate([before[key], after[key]]).mean(axis=0)
+        return float((probs.argmax(-1) == before[labels_key]).mean())
+
+    first = views[0].results
+    wall_time_s = first["wall_time_s"] + run["wall_time_s"]
+    return {**run,
+            "members": first["num_members"] + run["members"],
+            "member_test_accuracies": ([m["test_accuracy"] for m in first["members"]]
+                                       + run["member_test_accuracies"]),
+            "ensemble_test_accuracy": accuracy("probs", "labels"),
+            "ensemble_test_accuracy_tta": accuracy("tta_probs", "labels"),
+            "ensemble_val_accuracy": accuracy("val_probs", "val_labels"),
+            "wall_time_s": wall_time_s,
+            "time_per_epoch_s": wall_time_s / run["epochs"],
+            "command": f"{earlier_command} && {run['command']}"}
+
+
 def record(run: dict[str, Any], path: Path = RESULTS) -> None:
     """Add `run` to the JSON, replacing an earlier run of the same config, members and epochs."""
     runs = json.loads(path.read_text())["runs"] if path.exists() else []
@@ -128,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", choices=list(SYSTEMS), help="the reference system to train")
     parser.add_argument("--members", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--first-member", type=int, default=0,
+                        help="train members K.. and record them joined with the run of members 0..K-1")
     parser.add_argument("--out", default="runs/reproduce", help="folder for the run folders")
     parser.add_argument("--results", default=str(RESULTS), help="the JSON to add the run to")
     parser.add_argument("--table", action="store_true", help="print the table of --results")
@@ -142,16 +179,36 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("pass --config=NAME (or --table)")
     if (args.members is not None and args.members < 1) or (args.epochs is not None and args.epochs < 1):
         parser.error("--members and --epochs must be >= 1")
+    if args.first_member < 0:
+        parser.error("--first-member must be >= 0")
     configure_cpu()
     config = cut(load_config(args.config), args.members, args.epochs)
     workdir = Path(args.out) / f"{args.config}_m{config.num_members}_e{config.num_epochs}"
     command = shlex.join(["python", "experiments/reproduce.py",
                           *(sys.argv[1:] if argv is None else argv)])
+    if args.first_member:
+        earlier = Path(args.out) / f"{args.config}_m{args.first_member}_e{config.num_epochs}"
+        try:
+            finished = runfolder.read_results(earlier) is not None
+        except ValueError as e:
+            raise SystemExit(f"reproduce: {e}") from None
+        if not finished:
+            parser.error(f"--first-member={args.first_member} joins the finished run {earlier}, "
+                         f"which has no results.json: run it first (--members={args.first_member})")
+        config.seed += args.first_member
+        earlier_command = shlex.join(
+            ["python", "experiments/reproduce.py", f"--config={args.config}",
+             f"--members={args.first_member}"]
+            + [f"--{k}={v}" for k, v in (("epochs", args.epochs), ("out", args.out))
+               if v is not None and v != parser.get_default(k)])
+        workdir = workdir.with_name(f"{workdir.name}_from{args.first_member}")
     try:
         results = train.train_and_evaluate(config, workdir)
+        run = run_record(args.config, config, results, command)
+        if args.first_member:
+            run = joined_record(run, earlier, workdir, earlier_command)
     except (train.Interrupted, train.TrainingDiverged, ValueError, OSError) as e:
         raise SystemExit(f"reproduce: {e}") from None  # Interrupted: the same command resumes
-    run = run_record(args.config, config, results, command)
     record(run, results_path)
     print(table([run]))
 

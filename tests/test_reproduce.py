@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,3 +58,35 @@ def test_a_run_is_recorded_once_and_tabled(reproduce, mnist_dir, tmp_path, monke
     table = reproduce.table(runs).splitlines()
     assert len(table) == 3 and "| 1 of 1 | **1 of 19** |" in table[2]
     assert f"{100 * run['ensemble_test_accuracy']:.2f}" in table[2]
+
+
+def test_first_member_grows_an_ensemble_into_one_row(reproduce, mnist_dir, tmp_path, monkeypatch):
+    real = reproduce.load_config
+
+    def small(name):
+        config = real(name)
+        config.train_subset, config.validation_size, config.eval_batch_size = 512, 200, 1000
+        return config
+    monkeypatch.setattr(reproduce, "load_config", small)
+    results, out = tmp_path / "reproduction.json", tmp_path / "runs"
+    common = ["--config=tiny20k", "--epochs=1", f"--out={out}", f"--results={results}"]
+    with pytest.raises(SystemExit):  # members 0..1 have not been trained yet
+        reproduce.main([*common, "--members=1", "--first-member=2"])
+    reproduce.main([*common, "--members=2"])
+    reproduce.main([*common, "--members=1", "--first-member=2"])
+
+    earlier, later = out / "tiny20k_m2_e1", out / "tiny20k_m1_e1_from2"
+    assert json.loads((later / "config.json").read_text())["seed"] == 2  # member 2's own seed
+    runs = {r["members"]: r for r in json.loads(results.read_text())["runs"]}
+    assert set(runs) == {2, 3}
+    joined = runs[3]
+    saved = [json.loads((w / "results.json").read_text()) for w in (earlier, later)]
+    assert joined["member_test_accuracies"] == [m["test_accuracy"] for s in saved for m in s["members"]]
+    assert joined["wall_time_s"] == pytest.approx(saved[0]["wall_time_s"] + saved[1]["wall_time_s"])
+    probs = [np.load(w / "predictions.npz") for w in (earlier, later)]
+    mean = np.concatenate([p["probs"] for p in probs]).mean(axis=0)
+    assert joined["ensemble_test_accuracy"] == pytest.approx((mean.argmax(-1) == probs[0]["labels"]).mean())
+    assert joined["command"] == (
+        f"python experiments/reproduce.py --config=tiny20k --members=2 --epochs=1 --out={out} && "
+        f"python experiments/reproduce.py {' '.join(common)} --members=1 --first-member=2")
+    assert "| 3 of 1 |" in reproduce.table([joined])
