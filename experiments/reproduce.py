@@ -8,11 +8,12 @@
 Each run is the config's published recipe; `--members` takes fewer members (the first ones, with
 their own seeds), and `--epochs` cuts the schedule only where one member does not fit the time
 (the table then says so). `--first-member=K` grows an ensemble across sessions: it trains members
-K, K+1, ... (with the seeds one run of all of them would give them) and records them joined with
-the finished run of members 0..K-1 (the same command with `--members=K`) as one row. Every number
-comes from the runs' results.json and predictions.npz: test numbers evaluated once, at the end,
-every choice made on validation. A run interrupted by a signal
-resumes when the same command is run again; the JSON gets its row only when the run finished.
+K, K+1, ... (by default up to the recipe's count; with the seeds one run of all of them would
+give them) and records them joined with the finished run of members 0..K-1 (the same command with
+`--members=K`) as one row. Every number comes from the runs' results.json and predictions.npz:
+test numbers evaluated once, at the end, every choice made on validation. A run interrupted by a
+signal resumes when the same command is run again; the JSON gets its row only when the run
+finished.
 """
 
 from __future__ import annotations
@@ -161,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=list(SYSTEMS), help="the reference system to train")
-    parser.add_argument("--members", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--members", type=int, default=None,
+                        help="default: the recipe's (with --first-member=K, the recipe's after K)")
     parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--first-member", type=int, default=0,
                         help="train members K.. and record them joined with the run of members 0..K-1")
@@ -181,8 +183,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--members and --epochs must be >= 1")
     if args.first_member < 0:
         parser.error("--first-member must be >= 0")
+    members = args.members
+    if args.first_member and members is None:  # the rest of the recipe's members
+        members = load_config(args.config).num_members - args.first_member
+        if members < 1:
+            parser.error(f"{args.config}'s recipe has {members + args.first_member} members; "
+                         f"pass --members to add more than that")
     configure_cpu()
-    config = cut(load_config(args.config), args.members, args.epochs)
+    config = cut(load_config(args.config), members, args.epochs)
     workdir = Path(args.out) / f"{args.config}_m{config.num_members}_e{config.num_epochs}"
     command = shlex.join(["python", "experiments/reproduce.py",
                           *(sys.argv[1:] if argv is None else argv)])

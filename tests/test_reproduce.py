@@ -60,7 +60,8 @@ def test_a_run_is_recorded_once_and_tabled(reproduce, mnist_dir, tmp_path, monke
     assert f"{100 * run['ensemble_test_accuracy']:.2f}" in table[2]
 
 
-def test_first_member_grows_an_ensemble_into_one_row(reproduce, mnist_dir, tmp_path, monkeypatch):
+def test_first_member_grows_an_ensemble_into_one_row(reproduce, mnist_dir, tmp_path, monkeypatch,
+                                                     capsys):
     real = reproduce.load_config
 
     def small(name):
@@ -72,6 +73,9 @@ def test_first_member_grows_an_ensemble_into_one_row(reproduce, mnist_dir, tmp_p
     common = ["--config=tiny20k", "--epochs=1", f"--out={out}", f"--results={results}"]
     with pytest.raises(SystemExit):  # members 0..1 have not been trained yet
         reproduce.main([*common, "--members=1", "--first-member=2"])
+    with pytest.raises(SystemExit):  # by default the recipe's other members: tiny20k has no more
+        reproduce.main([*common, "--first-member=1"])
+    assert "recipe has 1 members" in capsys.readouterr().err
     reproduce.main([*common, "--members=2"])
     reproduce.main([*common, "--members=1", "--first-member=2"])
 
