@@ -136,18 +136,29 @@ def bench_convs(batch: int, repeats: int, only: str, dtype: str) -> None:
               f"{t['lax'] / t['ours']:7.2f}x {torch_col}", flush=True)
 
 
+class Conv(flax.linen.Conv):
+    """Plain `flax.linen.Conv` with `blocks.Conv`'s fused ReLU as a separate op. Named `Conv` so
+    flax names its parameters as it names `blocks.Conv`'s."""
+
+    relu: bool = False
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        y = super().__call__(inputs)
+        return flax.linen.relu(y) if self.relu else y
+
+
 @contextlib.contextmanager
 def zoo_convs_are_flax() -> Iterator[None]:
     """Every `models.blocks.Conv` of the zoo is plain `flax.linen.Conv` (measurement only).
 
-    Same parameters and initial values (tests/test_conv.py checks it), lax's own gradients. The
-    model files import `Conv` by name, so the name is swapped in each of them.
+    Same parameters, initial values and outputs (tests/test_conv.py checks it), lax's own
+    gradients. The model files import `Conv` by name, so the name is swapped in each of them.
     """
     modules = [blocks, *(sys.modules[m] for m in list(sys.modules)
                          if m.startswith("mnist_jax.models.") and hasattr(sys.modules[m], "Conv"))]
     originals = [m.Conv for m in modules]
     for m in modules:
-        m.Conv = flax.linen.Conv
+        m.Conv = Conv
     try:
         yield
     finally:

@@ -103,14 +103,35 @@ def _jaxlib_version() -> str:
 
 
 def cpu_model() -> str:
-    """The host CPU's model name (e.g. 'AMD EPYC 7B13'): speed results are only comparable on the
-    same one, and this project's machines change between sessions."""
+    """The host CPU as 'AMD EPYC (family 23, model 1; avx2)': speed results are only comparable on
+    the same CPU, this project's machines change between sessions, and a virtual machine's model
+    name alone ('AMD EPYC') does not tell a Zen 1 from a Zen 5."""
     try:
         with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+            return describe_cpuinfo(f.read()) or platform.processor() or platform.machine()
     except OSError:
-        names = []
-    return names[0] if names else (platform.processor() or platform.machine())
+        return platform.processor() or platform.machine()
+
+
+# The instruction sets that decide which oneDNN and XLA kernels run.
+_SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def describe_cpuinfo(cpuinfo: str) -> str:
+    """The first CPU of a /proc/cpuinfo text as 'NAME (family F, model M; flags)', '' if unnamed."""
+    first = cpuinfo.split("\n\n", 1)[0]
+    fields = {}
+    for line in first.splitlines():
+        key, colon, value = line.partition(":")
+        if colon:
+            fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name", "")
+    if not name:
+        return ""
+    flags = set(fields.get("flags", "").split())
+    detail = [f"family {fields['cpu family']}, model {fields['model']}"] if "cpu family" in fields else []
+    detail += [", ".join(f for f in _SPEED_FLAGS if f in flags) or "no avx2"] if flags else []
+    return f"{name} ({'; '.join(detail)})" if detail else name
 
 
 def conv_backend() -> str:

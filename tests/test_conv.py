@@ -2,6 +2,8 @@
 to float32 rounding (its lax drop-in; with the oneDNN extension loaded the other tests here run
 through oneDNN); conv.bias_add and models.blocks.Conv: flax's nn.Conv to float32 rounding."""
 
+from pathlib import Path
+
 import flax.linen as nn
 import jax
 from jax import lax
@@ -163,3 +165,28 @@ def test_bias_add_gradient_is_the_channel_sum_in_the_bias_dtype():
     np.testing.assert_array_equal(np.asarray(g_y, np.float32), np.asarray(g, np.float32))
     np.testing.assert_allclose(np.asarray(g_bias, np.float32),
                                np.asarray(g, np.float64).sum(axis=(0, 1, 2)), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("name, overrides", [("deotte", {}), ("senet", {"filters": 8}),
+                                             ("resnet_committee", {"width": 8})], ids=str)
+def test_bench_conv_swaps_the_zoo_to_flax_conv_without_changing_the_model(name, overrides, monkeypatch):
+    """experiments/bench_conv.py times the zoo with plain flax.linen.Conv: it must be the same
+    network (parameters, initial values, outputs), fused ReLUs included."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "experiments"))
+    import bench_conv
+    from mnist_jax import models
+    x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
+
+    def init_and_apply():
+        model = models.get(name, **overrides)
+        variables = model.init({"params": jax.random.key(1), "dropout": jax.random.key(2)}, x,
+                               train=False)
+        return variables, model.apply(variables, x, train=False)
+
+    variables, logits = init_and_apply()
+    with bench_conv.zoo_convs_are_flax():
+        flax_variables, flax_logits = init_and_apply()
+    assert jax.tree.structure(flax_variables) == jax.tree.structure(variables)
+    for got, want in zip(jax.tree.leaves(flax_variables), jax.tree.leaves(variables)):
+        np.testing.assert_array_equal(got, want)
+    _assert_close(flax_logits, logits)

@@ -6,6 +6,7 @@ lax stays the reference; the training test turns the extension off inside one pr
 
 from __future__ import annotations
 
+import os
 import platform as host
 import sys
 
@@ -241,3 +242,19 @@ def _loss_curve(steps: int = 150, batch: int = 32) -> np.ndarray:
         state, loss = step(state, images[sl], labels[sl])
         losses.append(float(loss))
     return np.array(losses)
+
+
+@needs_onednn
+def test_threads_follow_the_kernels_isa_the_conv_size_and_the_override(monkeypatch):
+    """One OpenMP thread for a small conv (the ISA's threshold), every usable core for a large one
+    outside shard_map, the environment's count when it sets one."""
+    monkeypatch.delenv(onednn.THREADS_ENV, raising=False)
+    if "ONEDNN_MAX_CPU_ISA" not in os.environ:  # which would cap the kernels below the CPU's
+        with open("/proc/cpuinfo") as f:
+            assert onednn.kernel_isa() == ("avx512" if " avx512f" in f.read() else "avx2")
+    small = onednn.SMALL_FLOPS[onednn.kernel_isa()]
+    cores = len(os.sched_getaffinity(0))
+    assert onednn.threads(small / 2) == 1
+    assert onednn.threads(small * 2) == cores
+    monkeypatch.setenv(onednn.THREADS_ENV, "3")
+    assert onednn.threads(small / 2) == 3

@@ -14,7 +14,7 @@ one CPU device per core (`mnist_jax.platform.configure_cpu`) a program on one de
 core, and inside a `shard_map` over k devices each call gets cores / k threads; convs under
 `SMALL_FLOPS` get one (`threads()`). On 2 cores deotte trained 1.5x faster alone with 2 threads
 than with 1, members side by side 1.1x faster with 1 thread each than with 2, and tiny20k alone
-faster with 1 (README, "Speed").
+faster with 1 on an AVX-512 CPU but with 2 on an AVX2 one (README, "Speed").
 
 `available()` says whether the handlers are loaded: not when the library was not built (other
 platforms), nor when `MNIST_JAX_ONEDNN=0` turns them off; `mnist_jax.ops.conv` then stays on lax,
@@ -109,8 +109,18 @@ def _attrs(x, w, strides: tuple[int, int], pads: Pads) -> dict[str, np.int64]:
     return {k: np.int64(v) for k, v in attrs.items()}
 
 
-# Below this much work a second OpenMP thread costs more than it gains (tiny20k's convs).
-SMALL_FLOPS = 100e6
+# Below this much work a second OpenMP thread cost more than it gained (2 cores, by the kernels'
+# ISA): with AVX-512 kernels tiny20k's 58 MFLOP convs ran faster on one thread, with AVX2 kernels,
+# on a core a quarter as fast, on two; 25 MFLOP keeps its 14 MFLOP first conv on one.
+SMALL_FLOPS = {"avx512": 100e6, "avx2": 25e6}
+
+
+@functools.cache
+def kernel_isa() -> str:
+    """'avx512' when oneDNN runs AVX-512 kernels here, else 'avx2' (what it runs on x86-64 CPUs
+    without them, down to the ones it refuses)."""
+    lib = _library()
+    return "avx512" if lib is not None and lib.mnist_onednn_avx512() else "avx2"
 
 
 def threads(flops: float) -> int:
@@ -119,7 +129,7 @@ def threads(flops: float) -> int:
     runs side by side (all of them outside one), so the devices' teams do not oversubscribe."""
     if os.environ.get(THREADS_ENV):
         return int(os.environ[THREADS_ENV])
-    if flops < SMALL_FLOPS:
+    if flops < SMALL_FLOPS[kernel_isa()]:
         return 1
     mesh = jax.sharding.get_abstract_mesh()
     devices = 1 if mesh.empty else math.prod(mesh.shape[a] for a in mesh.manual_axes)

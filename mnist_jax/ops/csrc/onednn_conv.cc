@@ -347,3 +347,10 @@ extern "C" int mnist_onednn_supports(int bf16) {
   }
   return 1;
 }
+
+// 1 if oneDNN runs AVX-512 kernels on this CPU (its effective ISA, so ONEDNN_MAX_CPU_ISA counts).
+extern "C" int mnist_onednn_avx512() {
+  const int isa = static_cast<int>(dnnl::get_effective_cpu_isa());
+  const int avx512 = static_cast<int>(dnnl::cpu_isa::avx512_core);
+  return (isa & avx512) == avx512;
+}
