@@ -129,7 +129,8 @@ def describe_cpuinfo(cpuinfo: str) -> str:
     if not name:
         return ""
     flags = set(fields.get("flags", "").split())
-    detail = [f"family {fields['cpu family']}, model {fields['model']}"] if "cpu family" in fields else []
+    detail = ([f"family {fields['cpu family']}, model {fields.get('model', '?')}"]
+              if "cpu family" in fields else [])
     detail += [", ".join(f for f in _SPEED_FLAGS if f in flags) or "no avx2"] if flags else []
     return f"{name} ({'; '.join(detail)})" if detail else name
 

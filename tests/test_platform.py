@@ -33,6 +33,7 @@ def test_the_description_degrades_to_what_cpuinfo_has():
     assert describe_cpuinfo("model name\t: Some CPU\n") == "Some CPU"
     assert describe_cpuinfo("model name\t: Old CPU\nflags\t\t: fpu sse2\n") == "Old CPU (no avx2)"
     assert describe_cpuinfo("processor\t: 0\nflags\t\t: avx2\n") == ""
+    assert describe_cpuinfo("model name\t: Odd CPU\ncpu family\t: 6\n") == "Odd CPU (family 6, model ?)"
 
 
 def test_this_host_has_a_description():

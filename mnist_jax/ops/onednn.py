@@ -117,8 +117,8 @@ SMALL_FLOPS = {"avx512": 100e6, "avx2": 25e6}
 
 @functools.cache
 def kernel_isa() -> str:
-    """'avx512' when oneDNN runs AVX-512 kernels here, else 'avx2' (what it runs on x86-64 CPUs
-    without them, down to the ones it refuses)."""
+    """'avx512' when oneDNN runs AVX-512 kernels here, else 'avx2' (also for the SSE4.1/AVX kernels
+    of older CPUs: cores slower still, where a second thread pays off sooner too)."""
     lib = _library()
     return "avx512" if lib is not None and lib.mnist_onednn_avx512() else "avx2"
 
