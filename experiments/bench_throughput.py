@@ -28,7 +28,7 @@ Times use `time.perf_counter` around `steps` steps, closed by `jax.block_until_r
 the CPU is synchronous). The JSON keeps every repeat's time and the load average before and after:
 on a shared machine the numbers mean little, so run it when the machine is otherwise idle.
 
-    python experiments/bench_throughput.py --out results.json
+    python experiments/bench_throughput.py --out bench.json
     python experiments/bench_throughput.py --models tiny20k,senet:filters=32 --batches 32 \
         --members 1,4 --repeats 3 --steps 10 --no-torch --out /tmp/quick.json
 """
@@ -375,7 +375,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="compute dtype of both sides (bfloat16: PyTorch under autocast)")
     p.add_argument("--strategy", choices=STRATEGIES, default=engine.default_strategy(),
                    help="engine member strategy (default: the backend's)")
-    p.add_argument("--out", default="results.json", help="JSON file to write")
+    p.add_argument("--out", default="bench.json",
+                   help="JSON file to write (not results.json: that name is a run's)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch side")
     p.add_argument("--torch-threads", type=int, default=2,
                    help="torch.set_num_threads (XLA:CPU uses every core it sees)")

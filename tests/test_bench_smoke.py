@@ -21,7 +21,7 @@ def bench(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_jax_side_writes_json(bench, tmp_path: Path) -> None:
-    out = tmp_path / "results.json"
+    out = tmp_path / "bench.json"
     bench.main([*TINY, "--members", "1", "--augment-models", "tiny20k", "--no-torch", "--out", str(out)])
     results = json.loads(out.read_text())
     (row,) = results["comparison"]
@@ -36,7 +36,7 @@ def test_jax_side_writes_json(bench, tmp_path: Path) -> None:
 
 def test_torch_side_matches_and_is_timed(bench, tmp_path: Path) -> None:
     pytest.importorskip("torch", reason="the PyTorch side needs the optional `bench` extra")
-    out = tmp_path / "results.json"
+    out = tmp_path / "bench.json"
     results = bench.main([*TINY, "--scaling-models", "", "--augment-models", "", "--out", str(out)])
     (row,) = results["comparison"]
     assert row["torch_images_per_s"] > 0
@@ -47,7 +47,7 @@ def test_torch_side_matches_and_is_timed(bench, tmp_path: Path) -> None:
 def test_bfloat16_runs_both_sides_in_bfloat16(bench, tmp_path: Path) -> None:
     pytest.importorskip("torch", reason="the PyTorch side needs the optional `bench` extra")
     results = bench.main([*TINY, "--dtype", "bfloat16", "--scaling-models", "", "--augment-models",
-                          "", "--out", str(tmp_path / "results.json")])
+                          "", "--out", str(tmp_path / "bench.json")])
     assert results["meta"]["dtype"] == "bfloat16"
     (row,) = results["comparison"]
     assert row["jax_images_per_s"] > 0 and row["torch_images_per_s"] > 0
