@@ -108,9 +108,10 @@ def cpu_model() -> str:
     name alone ('AMD EPYC') does not tell a Zen 1 from a Zen 5."""
     try:
         with open("/proc/cpuinfo") as f:
-            return describe_cpuinfo(f.read()) or platform.processor() or platform.machine()
+            cpuinfo = f.read()
     except OSError:
-        return platform.processor() or platform.machine()
+        cpuinfo = ""
+    return describe_cpuinfo(cpuinfo) or platform.processor() or platform.machine()
 
 
 # The instruction sets that decide which oneDNN and XLA kernels run.
