@@ -9,7 +9,9 @@
 For each convolution of the model zoo: jit(value_and_grad(sum(conv(x, w)))) w.r.t. x and w,
 both versions timed ALTERNATELY in one process (the machine is shared and noisy, so only the
 ratio is trustworthy), median of `--repeats`; GFLOP/s counts 3 convolutions' worth of work.
-PyTorch's fwd+bwd of the same conv (channels-last) is printed too when torch is installed.
+PyTorch's fwd+bwd of the same conv (channels-last) is printed too when torch is installed; with
+`--dtype bfloat16` the last column is ours in float32 instead (cast inside the same program), timed
+alternately with the other two, to show whether bfloat16 pays on this CPU.
 Then whole-model train-step gradients with the zoo's `models.blocks.Conv` (this module's
 gradients and `conv.bias_add`) against the same models built with plain `flax.linen.Conv`.
 """
@@ -112,7 +114,8 @@ def torch_seconds(batch: int, shape: tuple, repeats: int) -> float | None:
 def bench_convs(batch: int, repeats: int, only: str, dtype: str) -> None:
     print(f"conv fwd+bwd, batch {batch}, {dtype}, median of {repeats}; GFLOP/s (3 convs of work); "
           f"ours: {conv_backend()}")
-    print(f"{'models':16} {'conv':28} {'lax':>7} {'ours':>7} {'speedup':>8} {'torch':>7}")
+    last = "torch" if dtype == "float32" else "ours32"
+    print(f"{'models':16} {'conv':28} {'lax':>7} {'ours':>7} {'speedup':>8} {last:>7}")
     for shape in SHAPES:
         if only not in shape[0]:
             continue
@@ -127,13 +130,18 @@ def bench_convs(batch: int, repeats: int, only: str, dtype: str) -> None:
         out = jax.eval_shape(lambda: lax.conv_general_dilated(x, w, (s, s), padding,
                                                               dimension_numbers=DN)).shape
         gflop = 3 * 2 * out[0] * out[1] * out[2] * cin * cout * k * k / 1e9
-        t = time_alternating({"lax": fwd_bwd(lax.conv_general_dilated),
-                              "ours": fwd_bwd(conv.conv_general_dilated)}, (x, w), repeats)
-        torch_t = torch_seconds(batch, shape, repeats) if dtype == "float32" else None
-        torch_col = f"{gflop / torch_t:7.1f}" if torch_t else f"{'-':>7}"
+        fns = {"lax": fwd_bwd(lax.conv_general_dilated), "ours": fwd_bwd(conv.conv_general_dilated)}
+        if dtype == "float32":
+            t = time_alternating(fns, (x, w), repeats)
+            last = torch_seconds(batch, shape, repeats)
+        else:  # our float32 beside, same process: does bf16 pay on this CPU?
+            f32 = jax.jit(lambda x, w, f=fns["ours"]: f(x.astype(jnp.float32), w.astype(jnp.float32)))
+            t = time_alternating({**fns, "ours_f32": f32}, (x, w), repeats)
+            last = t["ours_f32"]
+        last_col = f"{gflop / last:7.1f}" if last else f"{'-':>7}"
         label = f"{size}x{size} {cin}->{cout} k{k} s{s} {padding}"
         print(f"{names:16} {label:28} {gflop / t['lax']:7.1f} {gflop / t['ours']:7.1f} "
-              f"{t['lax'] / t['ours']:7.2f}x {torch_col}", flush=True)
+              f"{t['lax'] / t['ours']:7.2f}x {last_col}", flush=True)
 
 
 class Conv(flax.linen.Conv):

@@ -190,3 +190,18 @@ def test_bench_conv_swaps_the_zoo_to_flax_conv_without_changing_the_model(name, 
     for got, want in zip(jax.tree.leaves(flax_variables), jax.tree.leaves(variables)):
         np.testing.assert_array_equal(got, want)
     _assert_close(flax_logits, logits)
+
+
+@pytest.mark.parametrize("dtype, last", [("float32", "torch"), ("bfloat16", "ours32")])
+def test_bench_conv_times_every_tiny20k_conv(dtype, last, monkeypatch, capsys):
+    """The per-conv table runs end to end: a row per conv, positive rates (batch 2, one repeat)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "experiments"))
+    import bench_conv
+    bench_conv.bench_convs(batch=2, repeats=1, only="tiny20k", dtype=dtype)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[-1] == last
+    rows = [line.split() for line in lines[2:]]
+    assert len(rows) == sum("tiny20k" in shape[0] for shape in bench_conv.SHAPES) == 3
+    for row in rows:
+        assert float(row[-4]) > 0 and float(row[-3]) > 0  # lax, ours GFLOP/s
+        assert row[-1] == "-" or float(row[-1]) > 0

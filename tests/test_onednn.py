@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform as host
+import re
 import sys
 
 import jax
@@ -156,11 +157,27 @@ def test_conv2d_without_bias_and_conv_general_dilated_are_onednn():
             _assert_close(got, want, 1e-5)
 
 
-def test_zoo_bfloat16_stays_on_lax():
-    """conv2d routes float32 only: oneDNN's bf16 kernels were slower on this project's machine."""
+def test_zoo_bfloat16_goes_to_onednn_only_where_its_kernels_are_fast(monkeypatch):
+    """bf16 convs run on oneDNN on AMD's AVX512_BF16 and AMX, on lax elsewhere (Intel's
+    AVX512_BF16 without AMX ran oneDNN's bf16 slower than float32)."""
     x, w, b, _, strides, pads = _case(ZOO[5], jnp.bfloat16)
-    text = jax.jit(lambda x, w, b: conv.conv2d(x, w, b, strides, pads)).lower(x, w, b).as_text()
-    assert "mnist_onednn" not in text
+
+    def on_onednn() -> bool:
+        f = lambda x, w, b: conv.conv2d(x, w, b, strides, pads)
+        return "mnist_onednn" in jax.jit(f).lower(x, w, b).as_text()
+
+    assert on_onednn() == (onednn.available() and onednn.bf16_fast())
+    if onednn.available() and "ONEDNN_MAX_CPU_ISA" not in os.environ:
+        with open("/proc/cpuinfo") as f:
+            cpuinfo = f.read()
+        flags = set(re.search(r"^flags\s*:(.*)$", cpuinfo, re.M).group(1).split())
+        amd = "AuthenticAMD" in cpuinfo
+        assert onednn.bf16_fast() == ("amx_bf16" in flags or (amd and "avx512_bf16" in flags))
+    monkeypatch.setattr(onednn, "bf16_fast", lambda: False)
+    assert not on_onednn()
+    if onednn.available() and onednn.supports(x, w, strides, pads):
+        monkeypatch.setattr(onednn, "bf16_fast", lambda: True)
+        assert on_onednn()
 
 
 @needs_onednn
@@ -210,8 +227,23 @@ def test_training_loss_curve_matches_lax(monkeypatch: pytest.MonkeyPatch):
     assert reference[-1] < 0.5 * reference[0]  # it did learn
 
 
-def _loss_curve(steps: int = 150, batch: int = 32) -> np.ndarray:
-    model = models.get("tiny20k", dropout_rate=0.0)  # deterministic: no dropout key
+@needs_onednn
+@pytest.mark.slow
+def test_bfloat16_training_loss_curve_matches_lax(monkeypatch: pytest.MonkeyPatch):
+    """The same in bfloat16 compute, where bf16 convs go to oneDNN (`bf16_fast`): the curves
+    agree to bfloat16's precision."""
+    if not onednn.bf16_fast():
+        pytest.skip("bfloat16 convolutions stay on lax on this CPU")
+    curve = _loss_curve(dtype=jnp.bfloat16)
+    monkeypatch.setattr(onednn, "available", lambda: False)
+    reference = _loss_curve(dtype=jnp.bfloat16)
+    # Wide enough for bf16 rounding: lax's bf16 curve stays within a tenth of it of lax's f32 one.
+    np.testing.assert_allclose(curve, reference, rtol=0.05, atol=0.02)
+    assert reference[-1] < 0.5 * reference[0]
+
+
+def _loss_curve(steps: int = 150, batch: int = 32, dtype=jnp.float32) -> np.ndarray:
+    model = models.get("tiny20k", dropout_rate=0.0, dtype=dtype)  # no dropout key: deterministic
     rng = np.random.default_rng(0)
     # Learnable synthetic data: the label is which quadrant holds a bright blob.
     labels = rng.integers(0, 4, steps * batch)
@@ -230,7 +262,8 @@ def _loss_curve(steps: int = 150, batch: int = 32) -> np.ndarray:
         def loss_fn(params):
             logits, new = model.apply({"params": params, "batch_stats": stats}, x, train=True,
                                       mutable=["batch_stats"])
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
+            return optax.softmax_cross_entropy_with_integer_labels(
+                logits.astype(jnp.float32), y).mean(), new
 
         (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt = tx.update(grads, opt, params)

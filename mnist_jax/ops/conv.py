@@ -17,12 +17,13 @@ autodiff's per-channel reduction over batch x height x width became slow `reduce
 XLA:CPU, about a sixth of a senet (32 filters) train step in a profile.
 
 When the oneDNN extension is loaded (`mnist_jax.ops.onednn.available()`: built by `pip install` on
-Linux x86-64, not turned off by `MNIST_JAX_ONEDNN=0`), float32 NHWC/HWIO convolutions run on
+Linux x86-64, not turned off by `MNIST_JAX_ONEDNN=0`), NHWC/HWIO convolutions run on
 oneDNN on the CPU instead, all three passes; everything above is then the fallback. The zoo uses
 all of it through `conv2d` (`models.blocks.Conv`), which also gives the bias and a following
-ReLU to oneDNN. bfloat16 stays on lax: on this project's Intel machine (AVX512_BF16, no AMX)
-oneDNN 3.2's bfloat16 kernels ran 1.2-1.8x slower than its float32 ones, and a bf16 train step was
-no faster with them than with XLA's (README, "Speed").
+ReLU to oneDNN. bfloat16 goes to oneDNN only where its bfloat16 kernels are the fast ones
+(`onednn.bf16_fast()`): on this project's Intel machine (AVX512_BF16, no AMX) they ran 1.2-1.8x
+slower than its float32 ones and a bf16 train step was no faster with them than with XLA's, while
+on an AMD Zen 4 they ran 1.3-2.1x faster than float32 (README, "Speed").
 """
 
 from collections.abc import Sequence
@@ -97,7 +98,8 @@ def _strides_and_pads(x, w, strides, padding) -> tuple[tuple[int, int], Pads]:
 
 
 def _on_onednn(x, w, strides, pads) -> bool:
-    return x.dtype == jnp.float32 and onednn.available() and onednn.supports(x, w, strides, pads)
+    fast_dtype = x.dtype == jnp.float32 or (x.dtype == jnp.bfloat16 and onednn.bf16_fast())
+    return fast_dtype and onednn.available() and onednn.supports(x, w, strides, pads)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))

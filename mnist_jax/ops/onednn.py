@@ -123,6 +123,15 @@ def kernel_isa() -> str:
     return "avx512" if lib is not None and lib.mnist_onednn_avx512() else "avx2"
 
 
+@functools.cache
+def bf16_fast() -> bool:
+    """Whether bfloat16 convolutions should run on oneDNN here: only where its bfloat16 kernels
+    beat its float32 ones (AMD's AVX512_BF16, AMX), not on Intel's AVX512_BF16 without AMX,
+    where they ran slower than float32 and no faster than XLA's (README, "Speed")."""
+    lib = _library()
+    return lib is not None and bool(lib.mnist_onednn_bf16_fast())
+
+
 def threads(flops: float) -> int:
     """OpenMP threads for a convolution of `flops` traced here: `MNIST_JAX_ONEDNN_THREADS` if set;
     else one for small convs, else the usable cores shared out among the devices a `shard_map`
