@@ -9,11 +9,14 @@ Each run is the config's published recipe; `--members` takes fewer members (the 
 their own seeds), and `--epochs` cuts the schedule only where one member does not fit the time
 (the table then says so). `--first-member=K` grows an ensemble across sessions: it trains members
 K, K+1, ... (by default up to the recipe's count; with the seeds one run of all of them would
-give them) and records them joined with the finished run of members 0..K-1 (the same command with
-`--members=K`) as one row. Every number comes from the runs' results.json and predictions.npz:
-test numbers evaluated once, at the end, every choice made on validation. A run interrupted by a
-signal resumes when the same command is run again; the JSON gets its row only when the run
-finished.
+give them) and records them joined with the recorded row of members 0..K-1 as one row. Every
+number comes from the runs' results.json and predictions.npz: test numbers evaluated once, at the
+end, every choice made on validation. A run interrupted by a signal resumes when the same command
+is run again; the JSON gets its row only when the run finished.
+
+Each row keeps its members' predictions beside the JSON (`reproduction/<run folder>/predictions.npz`,
+one folder per run the row joins, listed in its `parts`), so an ensemble can grow on another
+machine, or after the run folders are gone.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mnist_jax import analysis, config as config_lib, runfolder, train  # noqa: E402  (the repo on the path first, for a plain checkout)
-from mnist_jax.atomic import write_json  # noqa: E402
+from mnist_jax.atomic import write_bytes, write_json  # noqa: E402
 from mnist_jax.platform import configure_cpu  # noqa: E402
 
 RESULTS = REPO / "experiments" / "results" / "reproduction.json"
@@ -98,16 +101,38 @@ def run_record(name: str, config, results: dict[str, Any], command: str) -> dict
     }
 
 
-def joined_record(run: dict[str, Any], earlier: Path, later: Path, earlier_command: str
-                  ) -> dict[str, Any]:
-    """`run`, of members K.. in `later`, joined with the finished run of members 0..K-1 in
-    `earlier`: every member weighs the same in the ensemble (mean probability, as within one
-    run), wall times add up, and the command is both runs' commands."""
-    views = [analysis.load_run(w) for w in (earlier, later)]
-    before, after = (v.predictions for v in views)
+def keep_predictions(workdir: Path, store: Path) -> None:
+    """Copy the finished run's predictions.npz to `store/<run folder>/`, beside the JSON."""
+    (store / workdir.name).mkdir(parents=True, exist_ok=True)
+    source = runfolder.predictions_path(workdir)
+    write_bytes(runfolder.predictions_path(store / workdir.name), source.read_bytes())
+
+
+def stored_predictions(row: dict[str, Any], store: Path) -> dict[str, np.ndarray]:
+    """The predictions of every member of a recorded row, from its parts' stored copies."""
+    folders = [store / part for part in row.get("parts", [])]
+    missing = [f for f in folders if not runfolder.predictions_path(f).exists()]
+    if not folders or missing:
+        raise SystemExit(f"reproduce: the row of {row['config']} with {row['members']} members keeps "
+                         f"no predictions ({runfolder.predictions_path(missing[0]) if missing else 'it predates them'}); "
+                         f"re-run it (its command: {row['command']})")
+    try:
+        parts = [runfolder.read_predictions(f, None) for f in folders]
+    except ValueError as e:
+        raise SystemExit(f"reproduce: {e}") from None
+    return {key: (parts[0][key] if key.endswith("labels") else np.concatenate([p[key] for p in parts]))
+            for key in parts[0] if all(key in p for p in parts)}
+
+
+def joined_record(run: dict[str, Any], earlier: dict[str, Any], before: dict[str, np.ndarray],
+                  later: Path) -> dict[str, Any]:
+    """`run`, of members K.. in `later`, joined with the recorded row `earlier` of members
+    0..K-1 (their predictions `before`): every member weighs the same in the ensemble (mean
+    probability, as within one run), wall times add up, and the command is both rows' commands."""
+    after = analysis.load_run(later).predictions
     if not np.array_equal(before["labels"], after["labels"]):
-        raise SystemExit(f"reproduce: {earlier} and {later} were tested on different labels; "
-                         f"join runs of the same dataset")
+        raise SystemExit(f"reproduce: the row of {earlier['members']} members and {later} were "
+                         f"tested on different labels; join runs of the same dataset")
 
     def accuracy(key: str, labels_key: str) -> float | None:  # None unless both runs saved it
         if key not in before or key not in after:
@@ -115,25 +140,30 @@ def joined_record(run: dict[str, Any], earlier: Path, later: Path, earlier_comma
         probs = np.concatenate([before[key], after[key]]).mean(axis=0)
         return float((probs.argmax(-1) == before[labels_key]).mean())
 
-    first = views[0].results
-    wall_time_s = first["wall_time_s"] + run["wall_time_s"]
+    wall_time_s = earlier["wall_time_s"] + run["wall_time_s"]
     return {**run,
-            "members": first["num_members"] + run["members"],
-            "member_test_accuracies": ([m["test_accuracy"] for m in first["members"]]
-                                       + run["member_test_accuracies"]),
+            "members": earlier["members"] + run["members"],
+            "member_test_accuracies": earlier["member_test_accuracies"] + run["member_test_accuracies"],
             "ensemble_test_accuracy": accuracy("probs", "labels"),
             "ensemble_test_accuracy_tta": accuracy("tta_probs", "labels"),
             "ensemble_val_accuracy": accuracy("val_probs", "val_labels"),
             "wall_time_s": wall_time_s,
             "time_per_epoch_s": wall_time_s / run["epochs"],
-            "command": f"{earlier_command} && {run['command']}"}
+            "command": f"{earlier['command']} && {run['command']}",
+            "parts": earlier["parts"] + run["parts"]}
+
+
+def row_key(run: dict[str, Any]) -> tuple[str, int, int]:
+    return run["config"], run["members"], run["epochs"]
+
+
+def read_runs(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text())["runs"] if path.exists() else []
 
 
 def record(run: dict[str, Any], path: Path = RESULTS) -> None:
     """Add `run` to the JSON, replacing an earlier run of the same config, members and epochs."""
-    runs = json.loads(path.read_text())["runs"] if path.exists() else []
-    key = (run["config"], run["members"], run["epochs"])
-    runs = [r for r in runs if (r["config"], r["members"], r["epochs"]) != key] + [run]
+    runs = [r for r in read_runs(path) if row_key(r) != row_key(run)] + [run]
     write_json(path, {"runs": runs})
 
 
@@ -175,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.table:
         if not results_path.exists():
             parser.error(f"{results_path} does not exist yet: run a config first")
-        print(table(json.loads(results_path.read_text())["runs"]))
+        print(table(read_runs(results_path)))
         return
     if args.config is None:
         parser.error("pass --config=NAME (or --table)")
@@ -194,27 +224,24 @@ def main(argv: list[str] | None = None) -> None:
     workdir = Path(args.out) / f"{args.config}_m{config.num_members}_e{config.num_epochs}"
     command = shlex.join(["python", "experiments/reproduce.py",
                           *(sys.argv[1:] if argv is None else argv)])
+    store = results_path.with_suffix("")  # the rows' predictions, beside the JSON
     if args.first_member:
-        earlier = Path(args.out) / f"{args.config}_m{args.first_member}_e{config.num_epochs}"
-        try:
-            finished = runfolder.read_results(earlier) is not None
-        except ValueError as e:
-            raise SystemExit(f"reproduce: {e}") from None
-        if not finished:
-            parser.error(f"--first-member={args.first_member} joins the finished run {earlier}, "
-                         f"which has no results.json: run it first (--members={args.first_member})")
+        key = (args.config, args.first_member, config.num_epochs)
+        earlier = next((r for r in read_runs(results_path) if row_key(r) == key), None)
+        if earlier is None:
+            parser.error(f"--first-member={args.first_member} joins the recorded row of members "
+                         f"0..{args.first_member - 1} ({args.config}, {config.num_epochs} epochs), "
+                         f"which {results_path} does not have: record it first "
+                         f"(--members={args.first_member})")
+        before = stored_predictions(earlier, store)  # before training: fail in seconds, not hours
         config.seed += args.first_member
-        earlier_command = shlex.join(
-            ["python", "experiments/reproduce.py", f"--config={args.config}",
-             f"--members={args.first_member}"]
-            + [f"--{k}={v}" for k, v in (("epochs", args.epochs), ("out", args.out))
-               if v is not None and v != parser.get_default(k)])
         workdir = workdir.with_name(f"{workdir.name}_from{args.first_member}")
     try:
         results = train.train_and_evaluate(config, workdir)
-        run = run_record(args.config, config, results, command)
+        run = {**run_record(args.config, config, results, command), "parts": [workdir.name]}
         if args.first_member:
-            run = joined_record(run, earlier, workdir, earlier_command)
+            run = joined_record(run, earlier, before, workdir)
+        keep_predictions(workdir, store)
     except (train.Interrupted, train.TrainingDiverged, ValueError, OSError) as e:
         raise SystemExit(f"reproduce: {e}") from None  # Interrupted: the same command resumes
     record(run, results_path)

@@ -240,9 +240,10 @@ def predictions_path(workdir: Path) -> Path:
     return workdir / "predictions.npz"
 
 
-def read_predictions(workdir: Path, num_classes: int) -> dict[str, np.ndarray] | None:
+def read_predictions(workdir: Path, num_classes: int | None) -> dict[str, np.ndarray] | None:
     """predictions.npz as {'probs': [M, N, C], 'labels': [N]} plus whichever of 'tta_probs',
-    'val_probs' and 'val_labels' the run saved, or None before the run finished."""
+    'val_probs' and 'val_labels' the run saved, or None before the run finished. The shapes are
+    checked against `num_classes` (None: the class count `probs` has)."""
     path = predictions_path(workdir)
     if not path.exists():
         return None
@@ -252,6 +253,8 @@ def read_predictions(workdir: Path, num_classes: int) -> dict[str, np.ndarray] |
         probs, labels = predictions["probs"], predictions["labels"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise RunFolderError(f"{path} is damaged ({_one_line(e)}): {_REMAKE}") from None
+    if num_classes is None:
+        num_classes = probs.shape[-1] if probs.ndim else 0  # a scalar fails the check below
     shapes = [("probs", probs.shape, (len(labels), num_classes))]
     if "tta_probs" in predictions:
         shapes.append(("tta_probs", predictions["tta_probs"].shape, (len(labels), num_classes)))

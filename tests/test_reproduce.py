@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,8 @@ def test_a_run_is_recorded_once_and_tabled(reproduce, mnist_dir, tmp_path, monke
 
 def test_first_member_grows_an_ensemble_into_one_row(reproduce, mnist_dir, tmp_path, monkeypatch,
                                                      capsys):
+    """Members 2.. join the recorded row of members 0..1 from the predictions kept beside the
+    JSON: the earlier run folder can be gone (another machine, another session)."""
     real = reproduce.load_config
 
     def small(name):
@@ -70,27 +74,51 @@ def test_first_member_grows_an_ensemble_into_one_row(reproduce, mnist_dir, tmp_p
         return config
     monkeypatch.setattr(reproduce, "load_config", small)
     results, out = tmp_path / "reproduction.json", tmp_path / "runs"
+    store = tmp_path / "reproduction"
     common = ["--config=tiny20k", "--epochs=1", f"--out={out}", f"--results={results}"]
-    with pytest.raises(SystemExit):  # members 0..1 have not been trained yet
+    with pytest.raises(SystemExit):  # members 0..1 have not been recorded yet
         reproduce.main([*common, "--members=1", "--first-member=2"])
+    assert "record it first (--members=2)" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # by default the recipe's other members: tiny20k has no more
         reproduce.main([*common, "--first-member=1"])
     assert "recipe has 1 members" in capsys.readouterr().err
     reproduce.main([*common, "--members=2"])
+    earlier, later = out / "tiny20k_m2_e1", out / "tiny20k_m1_e1_from2"
+    saved = [json.loads((earlier / "results.json").read_text())]
+    probs = [dict(np.load(earlier / "predictions.npz"))]
+    assert (store / earlier.name / "predictions.npz").read_bytes() == (earlier / "predictions.npz").read_bytes()
+    shutil.rmtree(out)  # only the JSON and the kept predictions remain
     reproduce.main([*common, "--members=1", "--first-member=2"])
 
-    earlier, later = out / "tiny20k_m2_e1", out / "tiny20k_m1_e1_from2"
     assert json.loads((later / "config.json").read_text())["seed"] == 2  # member 2's own seed
     runs = {r["members"]: r for r in json.loads(results.read_text())["runs"]}
     assert set(runs) == {2, 3}
     joined = runs[3]
-    saved = [json.loads((w / "results.json").read_text()) for w in (earlier, later)]
+    assert joined["parts"] == [earlier.name, later.name]
+    saved.append(json.loads((later / "results.json").read_text()))
+    probs.append(dict(np.load(later / "predictions.npz")))
     assert joined["member_test_accuracies"] == [m["test_accuracy"] for s in saved for m in s["members"]]
     assert joined["wall_time_s"] == pytest.approx(saved[0]["wall_time_s"] + saved[1]["wall_time_s"])
-    probs = [np.load(w / "predictions.npz") for w in (earlier, later)]
-    mean = np.concatenate([p["probs"] for p in probs]).mean(axis=0)
-    assert joined["ensemble_test_accuracy"] == pytest.approx((mean.argmax(-1) == probs[0]["labels"]).mean())
+    for key, labels in (("probs", "labels"), ("val_probs", "val_labels")):
+        mean = np.concatenate([p[key] for p in probs]).mean(axis=0)
+        accuracy = (mean.argmax(-1) == probs[0][labels]).mean()
+        assert joined[{"probs": "ensemble_test_accuracy", "val_probs": "ensemble_val_accuracy"}[key]] \
+            == pytest.approx(accuracy)
     assert joined["command"] == (
-        f"python experiments/reproduce.py --config=tiny20k --members=2 --epochs=1 --out={out} && "
+        f"python experiments/reproduce.py {' '.join(common)} --members=2 && "
         f"python experiments/reproduce.py {' '.join(common)} --members=1 --first-member=2")
     assert "| 3 of 1 |" in reproduce.table([joined])
+
+
+def test_first_member_refuses_a_row_without_kept_predictions(reproduce, tmp_path):
+    """A row recorded before predictions were kept cannot be joined: one line says to re-run it,
+    before any training."""
+    results = tmp_path / "reproduction.json"
+    row = {"config": "tiny20k", "members": 2, "epochs": 1, "command": "python experiments/reproduce.py X"}
+    results.write_text(json.dumps({"runs": [row]}))
+    message = ("keeps no predictions (it predates them); re-run it (its command: python "
+               "experiments/reproduce.py X)")
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        reproduce.main(["--config=tiny20k", "--epochs=1", "--members=1", "--first-member=2",
+                        f"--out={tmp_path / 'runs'}", f"--results={results}"])
+    assert not (tmp_path / "runs").exists()
