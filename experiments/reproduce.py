@@ -113,9 +113,9 @@ def stored_predictions(row: dict[str, Any], store: Path) -> dict[str, np.ndarray
     folders = [store / part for part in row.get("parts", [])]
     missing = [f for f in folders if not runfolder.predictions_path(f).exists()]
     if not folders or missing:
+        why = f"{runfolder.predictions_path(missing[0])} is missing" if missing else "it predates them"
         raise SystemExit(f"reproduce: the row of {row['config']} with {row['members']} members keeps "
-                         f"no predictions ({runfolder.predictions_path(missing[0]) if missing else 'it predates them'}); "
-                         f"re-run it (its command: {row['command']})")
+                         f"no predictions ({why}); re-run it (its command: {row['command']})")
     try:
         parts = [runfolder.read_predictions(f, None) for f in folders]
     except ValueError as e:
