@@ -349,24 +349,22 @@ extern "C" int mnist_onednn_supports(int bf16) {
   return 1;
 }
 
-// 1 if oneDNN runs AVX-512 kernels on this CPU (its effective ISA, so ONEDNN_MAX_CPU_ISA counts).
-extern "C" int mnist_onednn_avx512() {
+// Whether oneDNN's effective ISA includes `want` (so ONEDNN_MAX_CPU_ISA counts).
+static bool HasIsa(dnnl::cpu_isa want) {
   const int isa = static_cast<int>(dnnl::get_effective_cpu_isa());
-  const int avx512 = static_cast<int>(dnnl::cpu_isa::avx512_core);
-  return (isa & avx512) == avx512;
+  return (isa & static_cast<int>(want)) == static_cast<int>(want);
 }
+
+// 1 if oneDNN runs AVX-512 kernels on this CPU.
+extern "C" int mnist_onednn_avx512() { return HasIsa(dnnl::cpu_isa::avx512_core); }
 
 // 1 if oneDNN's bfloat16 convolutions should beat its float32 ones here: AVX512_BF16 on an AMD
 // CPU (Zen 4 measured 1.3-2.1x, README "Speed"), or AMX (oneDNN's fastest bfloat16 kernels, not
 // measured here). Intel's AVX512_BF16 without AMX ran them 1.2-1.8x slower than float32.
 extern "C" int mnist_onednn_bf16_fast() {
-  const int isa = static_cast<int>(dnnl::get_effective_cpu_isa());
-  const auto has = [isa](dnnl::cpu_isa want) {
-    return (isa & static_cast<int>(want)) == static_cast<int>(want);
-  };
-  if (has(dnnl::cpu_isa::avx512_core_amx)) return 1;
+  if (HasIsa(dnnl::cpu_isa::avx512_core_amx)) return 1;
   unsigned int max_leaf, vendor_b, vendor_c, vendor_d;
   if (!__get_cpuid(0, &max_leaf, &vendor_b, &vendor_c, &vendor_d)) return 0;
   const bool amd = vendor_b == 0x68747541 && vendor_d == 0x69746e65 && vendor_c == 0x444d4163;
-  return amd && has(dnnl::cpu_isa::avx512_core_bf16);
+  return amd && HasIsa(dnnl::cpu_isa::avx512_core_bf16);
 }
