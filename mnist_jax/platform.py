@@ -29,12 +29,13 @@ def configure_cpu() -> None:
     """One CPU device per usable core and XLA's own convolutions; a no-op for what a user set.
 
     - Devices: the engine splits the member axis over all devices, so with one CPU device per
-      core members train side by side (README, "Speed"). Set through `jax_num_cpu_devices`,
-      unless `XLA_FLAGS` or `JAX_NUM_CPU_DEVICES` already chooses a count.
+      core members train side by side (experiments/results/speed.md). Set through
+      `jax_num_cpu_devices`, unless `XLA_FLAGS` or `JAX_NUM_CPU_DEVICES` already chooses a count.
     - YNNPACK off: jaxlib 0.10's XLA:CPU hands convolutions to YNNPACK, which ran this zoo's
-      convs up to 8x slower than XLA's own (README, "Speed"). XLA has no `jax.config` option for
-      it, so it goes into `XLA_FLAGS`, only on the jaxlib minor version it was measured on (an
-      unknown XLA flag aborts the process) and only if `XLA_FLAGS` does not choose already.
+      convs up to 8x slower than XLA's own (experiments/results/speed.md). XLA has no
+      `jax.config` option for it, so it goes into `XLA_FLAGS`, only on the jaxlib minor version
+      it was measured on (an unknown XLA flag aborts the process) and only if `XLA_FLAGS` does
+      not choose already.
     - Quiet: JAX's INFO line about the missing TPU runtime is dropped on CPU-only machines.
     - Freed memory kept (Linux glibc, `_keep_freed_memory`).
 
@@ -68,11 +69,11 @@ def _keep_freed_memory() -> None:
     XLA:CPU allocates a step's buffers on its worker threads and frees them after the step; glibc
     hands such large blocks of a thread's arena back to the kernel (munmap), so every step
     writes fresh pages, each a page fault the kernel zero-fills: tens of thousands a step for the
-    zoo's larger nets, a large share of their step time (README, "Speed"). One arena, no mmap and
-    no trimming keep the memory for the next step; the process keeps its peak (a little higher:
-    one arena fragments) until it exits. Only on Linux with glibc, before the backend starts its
-    threads, and not when the environment sets malloc itself (any `MALLOC_*` variable or
-    `GLIBC_TUNABLES`); `malloc_mode` says whether it applied.
+    zoo's larger nets, a large share of their step time (experiments/results/speed.md). One
+    arena, no mmap and no trimming keep the memory for the next step; the process keeps its peak
+    (a little higher: one arena fragments) until it exits. Only on Linux with glibc, before the
+    backend starts its threads, and not when the environment sets malloc itself (any `MALLOC_*`
+    variable or `GLIBC_TUNABLES`); `malloc_mode` says whether it applied.
     """
     global _memory_kept
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
@@ -86,7 +87,7 @@ def _keep_freed_memory() -> None:
 
 def malloc_mode() -> str:
     """`kept` once `configure_cpu` kept freed memory in this process, else `default`: step times
-    compare only within one mode (README, "Speed")."""
+    compare only within one mode (experiments/results/speed.md)."""
     return "kept" if _memory_kept else "default"
 
 

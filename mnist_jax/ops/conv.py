@@ -23,7 +23,7 @@ all of it through `conv2d` (`models.blocks.Conv`), which also gives the bias and
 ReLU to oneDNN. bfloat16 goes to oneDNN only where its bfloat16 kernels are the fast ones
 (`onednn.bf16_fast()`): on this project's Intel machine (AVX512_BF16, no AMX) they ran 1.2-1.8x
 slower than its float32 ones and a bf16 train step was no faster with them than with XLA's, while
-on an AMD Zen 4 they ran 1.3-2.1x faster than float32 (README, "Speed").
+on an AMD Zen 4 they ran 1.3-2.1x faster than float32 (experiments/results/speed.md).
 """
 
 from collections.abc import Sequence

@@ -1,20 +1,20 @@
 """oneDNN convolutions inside compiled JAX programs, through XLA's FFI (CPU only).
 
 XLA:CPU's convolutions are Eigen's, and its kernel gradient wraps each one in batch/channel
-transposes; PyTorch's are oneDNN's and ran 1.5-2x faster on this project's machines (README,
-"Speed"). `pip install` builds `libmnist_onednn.so` (C++ in `csrc/`, linked against the
-`onednn-cpu-gomp` wheel) on Linux x86-64; this module registers its handlers with XLA and wraps
-them in a `custom_vjp` whose forward pass (optionally with the ReLU that follows it fused in as a
-post-op), input gradient and kernel (and bias) gradient are each one oneDNN primitive. Inside
-that `custom_vjp`, `lax.platform_dependent` keeps lax's convolution on every other backend, so a
-program traced here still runs on a GPU/TPU.
+transposes; PyTorch's are oneDNN's and ran 1.5-2x faster on this project's machines
+(experiments/results/speed.md). `pip install` builds `libmnist_onednn.so` (C++ in `csrc/`,
+linked against the `onednn-cpu-gomp` wheel) on Linux x86-64; this module registers its handlers
+with XLA and wraps them in a `custom_vjp` whose forward pass (optionally with the ReLU that
+follows it fused in as a post-op), input gradient and kernel (and bias) gradient are each one
+oneDNN primitive. Inside that `custom_vjp`, `lax.platform_dependent` keeps lax's convolution on
+every other backend, so a program traced here still runs on a GPU/TPU.
 
 Threads: oneDNN runs each call on an OpenMP team inside the XLA device thread that calls it. With
 one CPU device per core (`mnist_jax.platform.configure_cpu`) a program on one device gets every
 core, and inside a `shard_map` over k devices each call gets cores / k threads; convs under
 `SMALL_FLOPS` get one (`threads()`). On 2 cores deotte trained 1.5x faster alone with 2 threads
 than with 1, members side by side 1.1x faster with 1 thread each than with 2, and tiny20k alone
-faster with 1 on an AVX-512 CPU but with 2 on an AVX2 one (README, "Speed").
+faster with 1 on an AVX-512 CPU but with 2 on an AVX2 one (experiments/results/speed.md).
 
 `available()` says whether the handlers are loaded: not when the library was not built (other
 platforms), nor when `MNIST_JAX_ONEDNN=0` turns them off; `mnist_jax.ops.conv` then stays on lax,
@@ -127,7 +127,7 @@ def kernel_isa() -> str:
 def bf16_fast() -> bool:
     """Whether bfloat16 convolutions should run on oneDNN here: only where its bfloat16 kernels
     beat its float32 ones (AMD's AVX512_BF16, AMX), not on Intel's AVX512_BF16 without AMX,
-    where they ran slower than float32 and no faster than XLA's (README, "Speed")."""
+    where they ran slower than float32 and no faster than XLA's (experiments/results/speed.md)."""
     lib = _library()
     return lib is not None and bool(lib.mnist_onednn_bf16_fast())
 

@@ -359,8 +359,9 @@ static bool HasIsa(dnnl::cpu_isa want) {
 extern "C" int mnist_onednn_avx512() { return HasIsa(dnnl::cpu_isa::avx512_core); }
 
 // 1 if oneDNN's bfloat16 convolutions should beat its float32 ones here: AVX512_BF16 on an AMD
-// CPU (Zen 4 measured 1.3-2.1x, README "Speed"), or AMX (oneDNN's fastest bfloat16 kernels, not
-// measured here). Intel's AVX512_BF16 without AMX ran them 1.2-1.8x slower than float32.
+// CPU (Zen 4 measured 1.3-2.1x, experiments/results/speed.md), or AMX (oneDNN's fastest
+// bfloat16 kernels, not measured here). Intel's AVX512_BF16 without AMX ran them 1.2-1.8x
+// slower than float32.
 extern "C" int mnist_onednn_bf16_fast() {
   if (HasIsa(dnnl::cpu_isa::avx512_core_amx)) return 1;
   unsigned int max_leaf, vendor_b, vendor_c, vendor_d;
