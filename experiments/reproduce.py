@@ -128,7 +128,8 @@ def joined_record(run: dict[str, Any], earlier: dict[str, Any], before: dict[str
                   later: Path) -> dict[str, Any]:
     """`run`, of members K.. in `later`, joined with the recorded row `earlier` of members
     0..K-1 (their predictions `before`): every member weighs the same in the ensemble (mean
-    probability, as within one run), wall times add up, and the command is both rows' commands."""
+    probability, as within one run), wall times add up, the command is both rows' commands, and
+    the device both rows' devices where they differ."""
     after = analysis.load_run(later).predictions
     if not np.array_equal(before["labels"], after["labels"]):
         raise SystemExit(f"reproduce: the row of {earlier['members']} members and {later} were "
@@ -141,7 +142,9 @@ def joined_record(run: dict[str, Any], earlier: dict[str, Any], before: dict[str
         return float((probs.argmax(-1) == before[labels_key]).mean())
 
     wall_time_s = earlier["wall_time_s"] + run["wall_time_s"]
+    device = run["device"] if earlier["device"] == run["device"] else f"{earlier['device']} + {run['device']}"
     return {**run,
+            "device": device,
             "members": earlier["members"] + run["members"],
             "member_test_accuracies": earlier["member_test_accuracies"] + run["member_test_accuracies"],
             "ensemble_test_accuracy": accuracy("probs", "labels"),
@@ -153,8 +156,10 @@ def joined_record(run: dict[str, Any], earlier: dict[str, Any], before: dict[str
             "parts": earlier["parts"] + run["parts"]}
 
 
-def row_key(run: dict[str, Any]) -> tuple[str, int, int]:
-    return run["config"], run["members"], run["epochs"]
+def row_key(run: dict[str, Any]) -> tuple[str, int, int, str]:
+    """A row is a measurement on one machine: the same recipe run on another CPU is a row of its
+    own, beside the first."""
+    return run["config"], run["members"], run["epochs"], run["device"]
 
 
 def read_runs(path: Path) -> list[dict[str, Any]]:
@@ -162,9 +167,18 @@ def read_runs(path: Path) -> list[dict[str, Any]]:
 
 
 def record(run: dict[str, Any], path: Path = RESULTS) -> None:
-    """Add `run` to the JSON, replacing an earlier run of the same config, members and epochs."""
+    """Add `run` to the JSON, replacing an earlier run of the same config, members and epochs on
+    the same device."""
     runs = [r for r in read_runs(path) if row_key(r) != row_key(run)] + [run]
     write_json(path, {"runs": runs})
+
+
+def row_to_grow(runs: list[dict[str, Any]], config: str, members: int,
+                epochs: int) -> dict[str, Any] | None:
+    """The recorded row `--first-member` joins: the newest of `members` members and `epochs`
+    epochs that keeps its predictions, else the newest at all (which then says it keeps none)."""
+    rows = [r for r in runs if (r["config"], r["members"], r["epochs"]) == (config, members, epochs)]
+    return ([r for r in rows if r.get("parts")] or rows or [None])[-1]
 
 
 def table(runs: list[dict[str, Any]]) -> str:
@@ -226,8 +240,8 @@ def main(argv: list[str] | None = None) -> None:
                           *(sys.argv[1:] if argv is None else argv)])
     store = results_path.with_suffix("")  # the rows' predictions, beside the JSON
     if args.first_member:
-        key = (args.config, args.first_member, config.num_epochs)
-        earlier = next((r for r in read_runs(results_path) if row_key(r) == key), None)
+        earlier = row_to_grow(read_runs(results_path), args.config, args.first_member,
+                              config.num_epochs)
         if earlier is None:
             parser.error(f"--first-member={args.first_member} joins the recorded row of members "
                          f"0..{args.first_member - 1} ({args.config}, {config.num_epochs} epochs), "

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "experiments"))
 
-import reproduce  # noqa: E402  (its record() keys rows by (config, members, epochs))
+import reproduce  # noqa: E402  (its record() keys rows by config, members, epochs and device)
 import torch_peer  # noqa: E402
 from mnist_jax import config as config_lib, data  # noqa: E402
 from mnist_jax.platform import cpu_model  # noqa: E402

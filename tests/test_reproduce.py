@@ -62,6 +62,21 @@ def test_a_run_is_recorded_once_and_tabled(reproduce, mnist_dir, tmp_path, monke
     assert f"{100 * run['ensemble_test_accuracy']:.2f}" in table[2]
 
 
+def test_a_row_is_replaced_only_by_a_run_on_the_same_device(reproduce, tmp_path):
+    """Rows are measurements of one machine: a re-run on another CPU adds its row; `--first-member`
+    grows the newest row that keeps its predictions."""
+    results = tmp_path / "reproduction.json"
+    row = {"config": "deotte15", "members": 8, "epochs": 30, "ensemble_test_accuracy": 0.9971}
+    xeon, zen3 = {**row, "device": "Xeon"}, {**row, "device": "Zen 3", "parts": ["a", "b"]}
+    for run in (xeon, zen3, {**zen3, "ensemble_test_accuracy": 0.9974}):
+        reproduce.record(run, results)
+    runs = json.loads(results.read_text())["runs"]
+    assert [(r["device"], r["ensemble_test_accuracy"]) for r in runs] == [("Xeon", 0.9971), ("Zen 3", 0.9974)]
+    assert reproduce.row_to_grow([zen3, xeon], "deotte15", 8, 30) is zen3
+    assert reproduce.row_to_grow([xeon], "deotte15", 8, 30) is xeon  # which then says it keeps none
+    assert reproduce.row_to_grow([xeon], "deotte15", 4, 30) is None
+
+
 def test_first_member_grows_an_ensemble_into_one_row(reproduce, mnist_dir, tmp_path, monkeypatch,
                                                      capsys):
     """Members 2.. join the recorded row of members 0..1 from the predictions kept beside the
