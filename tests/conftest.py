@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from pathlib import Path
 
@@ -11,8 +12,29 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def fast_compile_flags(jaxlib_version: str) -> list[str]:
+    """XLA flags that compile a program 2-4x faster into slower code.
+
+    The suite compiles far more than it computes: XLA's backend compile was most of its time
+    (README, "Development"), and no test times a step. So the tests, and the commands they
+    start, compile without LLVM's optimisations and with XLA:CPU's older loop emitters; the
+    programs compute the same numbers. The second flag exists in jaxlib 0.10, the version it was
+    measured on (an unknown XLA flag aborts the process).
+    """
+    flags = ["--xla_backend_optimization_level=0"]
+    if jaxlib_version.startswith("0.10."):
+        flags.append("--xla_cpu_use_fusion_emitters=false")
+    return flags
+
+
 def pytest_configure(config):
     from mnist_jax import platform
+    # Set in the environment, so the subprocesses the tests start compile the same way; a flag
+    # XLA_FLAGS already sets is the user's choice and is kept.
+    flags = os.environ.get("XLA_FLAGS", "")
+    extra = [f for f in fast_compile_flags(importlib.metadata.version("jaxlib"))
+             if f.split("=")[0] not in flags]
+    os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
     platform.configure_cpu()  # as every entry point does: one CPU device per core, YNNPACK off
     # Runs rebuild the same programs (a resumed run compiles what the first one did): let XLA
     # reuse them from disk instead of compiling again.

@@ -24,8 +24,10 @@ LAYOUT = ("process_count", "mesh_devices", "members_per_device", "logits_members
 
 
 def worker_env(host_devices: int) -> dict[str, str]:
-    """This environment with `host_devices` CPU devices and the suite's compilation cache."""
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={host_devices}",
+    """This environment (its XLA flags too) with `host_devices` CPU devices and the suite's
+    compilation cache."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={host_devices}"
+    return {**os.environ, "XLA_FLAGS": flags.strip(),
             "JAX_COMPILATION_CACHE_DIR": str(REPO / ".cache" / "jax"),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}
 
