@@ -17,9 +17,9 @@ def fast_compile_flags(jaxlib_version: str) -> list[str]:
 
     The suite compiles far more than it computes: XLA's backend compile was most of its time
     (README, "Development"), and no test times a step. So the tests, and the commands they
-    start, compile without LLVM's optimisations and with XLA:CPU's older loop emitters; the
-    programs compute the same numbers. The second flag exists in jaxlib 0.10, the version it was
-    measured on (an unknown XLA flag aborts the process).
+    start, compile without LLVM's optimisations and with XLA:CPU's older loop emitters: the same
+    operations, equal up to float rounding (fused multiply-adds). The second flag exists in
+    jaxlib 0.10, the version it was measured on (an unknown XLA flag aborts the process).
     """
     flags = ["--xla_backend_optimization_level=0"]
     if jaxlib_version.startswith("0.10."):
