@@ -31,6 +31,9 @@ on a shared machine the numbers mean little, so run it when the machine is other
     python experiments/bench_throughput.py --out bench.json
     python experiments/bench_throughput.py --models tiny20k,senet:filters=32 --batches 32 \
         --members 1,4 --repeats 3 --steps 10 --no-torch --out /tmp/quick.json
+    python experiments/bench_throughput.py --table bench.json   # its tables again
+
+The tables truncate (a ratio of 0.998 prints as 0.99, never 1.00); the JSON keeps the exact values.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import platform
 import statistics
@@ -316,17 +320,20 @@ def input_share(specs: Sequence[Spec], args) -> list[dict[str, Any]]:
 
 def markdown(results: dict[str, Any]) -> str:
     def num(v, fmt=",.0f"):
-        return "-" if v is None else format(v, fmt)
+        if v is None or isinstance(v, bool):
+            return "-" if v is None else str(v)
+        places = int(fmt.rstrip("f").split(".")[-1])
+        return format(math.floor(v * 10 ** places) / 10 ** places, fmt)
 
     lines = ["| model | params | batch | JAX img/s | PyTorch img/s | JAX / PyTorch | torch channels-last |",
              "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     lines += [f"| {r['model']} | {r['params']:,} | {r['batch']} | {num(r['jax_images_per_s'])} | "
               f"{num(r['torch_images_per_s'])} | {num(r['ratio_jax_over_torch'], '.2f')} | "
-              f"{num(r['torch_channels_last'], '')} |" for r in results["comparison"]]
+              f"{num(r['torch_channels_last'])} |" for r in results["comparison"]]
     lines += ["", "| model | batch | members M | total img/s | per-member img/s | efficiency |",
               "| --- | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r['model']} | {r['batch']} | {r['members']} | {num(r['images_per_s'])} | "
-              f"{num(r['per_member_images_per_s'])} | {r['efficiency']:.2f} |" for r in results["scaling"]]
+              f"{num(r['per_member_images_per_s'])} | {num(r['efficiency'], '.2f')} |" for r in results["scaling"]]
     lines += ["", "| model + its augmentation | batch | step ms | gather ms (share) | "
               "augmented step ms | gather + augment ms (share) |",
               "| --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -380,7 +387,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch side")
     p.add_argument("--torch-threads", type=int, default=2,
                    help="torch.set_num_threads (XLA:CPU uses every core it sees)")
+    p.add_argument("--table", metavar="JSON",
+                   help="print the tables of a JSON this script wrote, and measure nothing")
     args = p.parse_args(argv)
+    if args.table:
+        return args
     for flag in ("repeats", "steps", "scaling_batch", "torch_threads"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
@@ -410,6 +421,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     configure_cpu()
     args = parse_args(argv)
+    if args.table:
+        with open(args.table) as f:
+            results = json.load(f)
+        print(markdown(results))
+        return results
     meta = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": len(jax.devices()),
             "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
             "platform": platform.platform(), "strategy": args.strategy, "dtype": args.dtype,

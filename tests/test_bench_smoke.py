@@ -73,3 +73,18 @@ def test_bad_flags_fail_with_one_line(bench, capsys, argv: list[str], message: s
     with pytest.raises(SystemExit):
         bench.parse_args([*argv, "--no-torch"])
     assert message in capsys.readouterr().err
+
+
+def test_tables_truncate_and_never_round_up(bench, tmp_path: Path, capsys) -> None:
+    results = {"comparison": [{"model": "deotte", "params": 326410, "batch": 128,
+                               "jax_images_per_s": 503.94, "torch_images_per_s": 504.96,
+                               "ratio_jax_over_torch": 0.998, "torch_channels_last": None}],
+               "scaling": [{"model": "tiny20k", "batch": 128, "members": 4, "images_per_s": 9295.9,
+                            "per_member_images_per_s": 2323.99, "efficiency": 1.5399}],
+               "input_share": []}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(results))
+    assert bench.main(["--table", str(path)]) == results
+    printed = capsys.readouterr().out
+    assert "| deotte | 326,410 | 128 | 503 | 504 | 0.99 | - |" in printed
+    assert "| tiny20k | 128 | 4 | 9,295 | 2,323 | 1.53 |" in printed
