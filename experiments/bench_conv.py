@@ -111,6 +111,12 @@ def torch_seconds(batch: int, shape: tuple, repeats: int) -> float | None:
     return statistics.median(times)
 
 
+def _rate(gflop_per_s: float) -> str:
+    """Three decimals below 1 GFLOP/s (a tiny conv at a small batch on a busy CPU), so a measured
+    rate never prints as 0.0."""
+    return f"{gflop_per_s:7.3f}" if gflop_per_s < 1 else f"{gflop_per_s:7.1f}"
+
+
 def bench_convs(batch: int, repeats: int, only: str, dtype: str) -> None:
     print(f"conv fwd+bwd, batch {batch}, {dtype}, median of {repeats}; GFLOP/s (3 convs of work); "
           f"ours: {conv_backend()}")
@@ -138,9 +144,9 @@ def bench_convs(batch: int, repeats: int, only: str, dtype: str) -> None:
             f32 = jax.jit(lambda x, w, f=fns["ours"]: f(x.astype(jnp.float32), w.astype(jnp.float32)))
             t = time_alternating({**fns, "ours_f32": f32}, (x, w), repeats)
             last = t["ours_f32"]
-        last_col = f"{gflop / last:7.1f}" if last else f"{'-':>7}"
+        last_col = _rate(gflop / last) if last else f"{'-':>7}"
         label = f"{size}x{size} {cin}->{cout} k{k} s{s} {padding}"
-        print(f"{names:16} {label:28} {gflop / t['lax']:7.1f} {gflop / t['ours']:7.1f} "
+        print(f"{names:16} {label:28} {_rate(gflop / t['lax'])} {_rate(gflop / t['ours'])} "
               f"{t['lax'] / t['ours']:7.2f}x {last_col}", flush=True)
 
 

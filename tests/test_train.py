@@ -4,56 +4,13 @@ import json
 import logging
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
 from mnist_jax import augment, checkpoint, config as config_lib, data, engine, models, run as run_lib, runfolder, train
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_config(name: str, arg: str | None = None):
-    return config_lib.from_file(REPO / "configs" / f"{name}.py", arg)
-
-
-def small(config, **overrides):
-    """A config cut down to seconds: a real-MNIST subset, a short validation split."""
-    config.train_subset = 512
-    config.validation_size = 500
-    config.batch_size = 64
-    config.num_epochs = 2
-    config.log_every_steps = 3
-    config.eval_batch_size = 500
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    return config
-
-
-def final_state(workdir, config):
-    """The members and step of a run's newest readable checkpoint, as the config builds them."""
-    state = run_lib.restore(run_lib.setup(config, 10, steps_per_epoch=1), workdir)
-    return jax.tree.map(np.asarray, state.members), state.step
-
-
-class StopAfter:
-    """Stands in for the SIGINT/SIGTERM flag: 'received' once the loop has looked `n` times."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @property
-    def received(self):
-        self.n -= 1
-        return 15 if self.n < 0 else None
+from train_helpers import StopAfter, final_state, load_config, small
 
 
 @pytest.mark.slow
@@ -245,35 +202,3 @@ def test_a_batch_larger_than_the_split_is_refused():
     config.batch_size = 600
     with pytest.raises(config_lib.ConfigError, match="batch_size 600 is larger than the 512"):
         config_lib.check_batch_fits(config, 512)
-
-
-@pytest.mark.parametrize("name,arg", [("quick", None), ("cpu_fast", None), ("tiny20k", None), ("senet_ensemble", None),
-                                      ("deotte15", None), ("resnet_committee", None),
-                                      ("baseline", None), ("simple", "m3"), ("simple", "m5"),
-                                      ("simple", "m7")])
-def test_every_reference_config_is_valid(name, arg):
-    run_lib.validate(load_config(name, arg))
-
-
-REFERENCE_CONFIGS = [("senet_ensemble", None), ("deotte15", None), ("tiny20k", None),
-                     ("resnet_committee", None), ("baseline", None), ("simple", "m3"),
-                     ("simple", "m5"), ("simple", "m7")]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name,arg", REFERENCE_CONFIGS)
-def test_every_reference_config_trains_checkpoints_and_resumes(name, arg, mnist_dir, tmp_path,
-                                                               monkeypatch):
-    config = load_config(name, arg)
-    config.num_members = 2  # the recipe's own members, epochs and schedule; only fewer of them
-    config.train_subset = config.batch_size * 8
-    config.validation_size = 100
-    config.log_every_steps = 1
-    if config.bagging:
-        config.train_subset = int(config.batch_size * 8 / config.bagging) + 1
-    for attempt in (1, 2):
-        monkeypatch.setattr(train, "_StopSignal", lambda: StopAfter(1))  # one step, then stop
-        with pytest.raises(train.Interrupted, match=f"at step {attempt}"):
-            train.train_and_evaluate(config, tmp_path)
-        _, step = final_state(tmp_path, config)
-        assert step == attempt  # the second run resumed from the first one's step
