@@ -391,6 +391,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="print the tables of a JSON this script wrote, and measure nothing")
     args = p.parse_args(argv)
     if args.table:
+        try:
+            with open(args.table) as f:
+                args.table_results = json.load(f)
+        except (OSError, ValueError) as e:
+            p.error(f"--table {args.table}: not a readable JSON ({e})")
+        if not isinstance(args.table_results, dict) or not {
+                "comparison", "scaling", "input_share"} <= set(args.table_results):
+            p.error(f"--table {args.table}: not a JSON written by this script")
         return args
     for flag in ("repeats", "steps", "scaling_batch", "torch_threads"):
         if getattr(args, flag) < 1:
@@ -422,10 +430,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     configure_cpu()
     args = parse_args(argv)
     if args.table:
-        with open(args.table) as f:
-            results = json.load(f)
-        print(markdown(results))
-        return results
+        print(markdown(args.table_results))
+        return args.table_results
     meta = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": len(jax.devices()),
             "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
             "platform": platform.platform(), "strategy": args.strategy, "dtype": args.dtype,

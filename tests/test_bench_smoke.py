@@ -68,6 +68,8 @@ def test_torch_peer_has_the_flax_parameter_count(bench, spec: str) -> None:
     (["--batches", "0"], "expected positive ints"),
     (["--augment-models", "deotte"], "no recipe augmentation"),
     (["--steps", "1000"], "lower --steps"),
+    (["--table", "no_such.json"], "--table no_such.json: not a readable JSON"),
+    (["--table", __file__], "not a readable JSON"),
 ])
 def test_bad_flags_fail_with_one_line(bench, capsys, argv: list[str], message: str) -> None:
     with pytest.raises(SystemExit):
