@@ -319,21 +319,18 @@ def input_share(specs: Sequence[Spec], args) -> list[dict[str, Any]]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    def num(v, fmt=",.0f"):
-        if v is None or isinstance(v, bool):
-            return "-" if v is None else str(v)
-        places = int(fmt.rstrip("f").split(".")[-1])
-        return format(math.floor(v * 10 ** places) / 10 ** places, fmt)
+    def num(v, places=0):
+        return "-" if v is None else f"{math.floor(v * 10 ** places) / 10 ** places:,.{places}f}"
 
     lines = ["| model | params | batch | JAX img/s | PyTorch img/s | JAX / PyTorch | torch channels-last |",
              "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     lines += [f"| {r['model']} | {r['params']:,} | {r['batch']} | {num(r['jax_images_per_s'])} | "
-              f"{num(r['torch_images_per_s'])} | {num(r['ratio_jax_over_torch'], '.2f')} | "
-              f"{num(r['torch_channels_last'])} |" for r in results["comparison"]]
+              f"{num(r['torch_images_per_s'])} | {num(r['ratio_jax_over_torch'], 2)} | "
+              f"{'-' if r['torch_channels_last'] is None else r['torch_channels_last']} |" for r in results["comparison"]]
     lines += ["", "| model | batch | members M | total img/s | per-member img/s | efficiency |",
               "| --- | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r['model']} | {r['batch']} | {r['members']} | {num(r['images_per_s'])} | "
-              f"{num(r['per_member_images_per_s'])} | {num(r['efficiency'], '.2f')} |" for r in results["scaling"]]
+              f"{num(r['per_member_images_per_s'])} | {num(r['efficiency'], 2)} |" for r in results["scaling"]]
     lines += ["", "| model + its augmentation | batch | step ms | gather ms (share) | "
               "augmented step ms | gather + augment ms (share) |",
               "| --- | ---: | ---: | ---: | ---: | ---: |"]
