@@ -12,7 +12,8 @@ recipe; the same at batch 128 with Adam 1.5e-3 (equal within 2 validation images
 Deotte's batch and rate stay); one member of this recipe plus one with elastic distortion (a
 grouped run: worse, its elastic member weaker alone); the previous cpu_fast (tiny20k widened to
 24-48-96, 8 epochs: lower accuracy, higher NLL); test-time augmentation with the training
-augmentation (worse). The dated numbers are in experiments/results/config_selection.md.
+augmentation (worse); an EMA of the weights at 0.999 (one validation image better, within noise:
+not adopted). The dated numbers are in experiments/results/config_selection.md.
 """
 
 from pathlib import Path

@@ -1,4 +1,8 @@
-"""Deotte's Kaggle ensemble: 15 CNNs, each on its own random 90 % of the training set, 99.79 %."""
+"""Deotte's Kaggle ensemble: 15 CNNs, each on its own random 90 % of the training set.
+
+Published (100 runs of the notebook): 99.745 ± 0.020 % for the ensemble (max 99.79 %), 99.641 ±
+0.047 % for a single CNN.
+"""
 
 from mnist_jax.config import base_config
 
