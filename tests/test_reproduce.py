@@ -137,3 +137,12 @@ def test_first_member_refuses_a_row_without_kept_predictions(reproduce, tmp_path
         reproduce.main(["--config=tiny20k", "--epochs=1", "--members=1", "--first-member=2",
                         f"--out={tmp_path / 'runs'}", f"--results={results}"])
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_member_mean_is_truncated_never_rounded_up(reproduce):
+    row = {"config": "tiny20k", "members": 3, "recipe_members": 1, "epochs": 19, "recipe_epochs": 19,
+           "member_test_accuracies": [0.9959, 0.996, 0.996], "ensemble_test_accuracy": 0.9961,
+           "wall_time_s": 60.0, "time_per_epoch_s": 3.0, "date": "2026-12-04", "device": "cpu",
+           "conv_backend": "xla", "command": "c"}
+    assert "| 99.59 ± 0.00 |" in reproduce.table([row])  # the mean is 99.5967
+
