@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
 import os
 import platform
 import statistics
@@ -55,7 +54,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mnist_jax import augment, engine, models, optim
+from mnist_jax import augment, engine, metrics, models, optim
 from mnist_jax.platform import configure_cpu, conv_backend, cpu_model, malloc_mode
 
 DEFAULT_MODELS = ("tiny20k", "deotte", "senet", "senet:filters=32", "resnet_committee",
@@ -320,7 +319,7 @@ def input_share(specs: Sequence[Spec], args) -> list[dict[str, Any]]:
 
 def markdown(results: dict[str, Any]) -> str:
     def num(v, places=0):
-        return "-" if v is None else f"{math.floor(v * 10 ** places) / 10 ** places:,.{places}f}"
+        return "-" if v is None else metrics.truncated(v, places)
 
     lines = ["| model | params | batch | JAX img/s | PyTorch img/s | JAX / PyTorch | torch channels-last |",
              "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]

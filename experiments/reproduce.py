@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
 import sys
 import time
@@ -35,7 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mnist_jax import analysis, config as config_lib, runfolder, train  # noqa: E402  (the repo on the path first, for a plain checkout)
+from mnist_jax import analysis, config as config_lib, metrics, runfolder, train  # noqa: E402  (the repo on the path first, for a plain checkout)
 from mnist_jax.atomic import write_bytes, write_json  # noqa: E402
 from mnist_jax.platform import configure_cpu  # noqa: E402
 
@@ -186,11 +185,6 @@ def row_to_grow(runs: list[dict[str, Any]], config: str, members: int,
     return ([r for r in rows if r.get("parts")] or rows or [None])[-1]
 
 
-def _down(percent: float) -> str:
-    """Two decimals, truncated: a table never rounds an accuracy up (99.597 reads 99.59)."""
-    return f"{math.floor(percent * 100 + 1e-6) / 100:.2f}"
-
-
 def table(runs: list[dict[str, Any]]) -> str:
     """The README's reproduction table: one row per run, member mean ± std beside the paper."""
     lines = ["| system | published single | published ensemble | ours: member mean ± std | "
@@ -205,7 +199,7 @@ def table(runs: list[dict[str, Any]]) -> str:
         epochs = (f"{r['epochs']}" if r["epochs"] == r["recipe_epochs"]
                   else f"**{r['epochs']} of {r['recipe_epochs']}**")
         lines.append(
-            f"| {system} | {single} | {ensemble} | {_down(acc.mean())} ± {acc.std():.2f} | "
+            f"| {system} | {single} | {ensemble} | {metrics.truncated(acc.mean(), 2)} ± {acc.std():.2f} | "
             f"{100 * r['ensemble_test_accuracy']:.2f}{tta} | {members} | {epochs} | "
             f"{r['wall_time_s'] / 60:.1f} min | {r['time_per_epoch_s']:.0f} s | "
             f"{r['date']}, {r['device']}, {r['conv_backend']}: `{r['command']}` |")

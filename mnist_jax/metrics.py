@@ -9,6 +9,7 @@ jitted code; `summarize` returns python numbers for logging.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable
 
 import jax
@@ -285,3 +286,9 @@ def _to_python(value: Any) -> Any:
     if value.dtype == np.float32:
         return float(str(value)) if value.ndim == 0 else [float(str(v)) for v in value]
     return value.tolist()
+
+
+def truncated(value: float, places: int) -> str:
+    """`value` cut, never rounded up, to `places` decimals: tables of results must not flatter them."""
+    return f"{math.floor(value * 10 ** places + 1e-6) / 10 ** places:,.{places}f}"
+
