@@ -225,9 +225,10 @@ def compare(workdirs: list[str | Path]) -> list[dict[str, Any]]:
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
-    """`compare` rows as a Markdown table, accuracies in percent; missing numbers show as '–'."""
+    """`compare` rows as a Markdown table, accuracies in percent (cut, never rounded up, to 0.01);
+    missing numbers show as '–'."""
     def pct(x):
-        return "–" if x is None else f"{100 * x:.2f}"
+        return "–" if x is None else metrics.truncated(100 * x, 2)
 
     def num(x, spec):
         return "–" if x is None else format(x, spec)
@@ -239,7 +240,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         "epochs": lambda r: f"{r['epochs']}/{r['num_epochs']}",
         "val ens %": lambda r: pct(r["val_ensemble_accuracy"]),
         "test member %": lambda r: ("–" if r["test_member_mean"] is None else
-                                    f"{pct(r['test_member_mean'])} ± {pct(r['test_member_std'])}"),
+                                    f"{pct(r['test_member_mean'])} ± {100 * r['test_member_std']:.2f}"),
         "test ens %": lambda r: pct(r["test_ensemble_accuracy"]),
         "vote %": lambda r: pct(r["test_vote_accuracy"]),
         "NLL": lambda r: num(r["test_nll"], ".4f"),

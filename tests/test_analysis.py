@@ -221,6 +221,15 @@ def test_compare_rows_and_markdown(run_dir, results, tmp_path):
     assert "| unfinished | tiny20k | 2 | 0/1 | – |" in table[3]
 
 
+def test_markdown_cuts_accuracies_and_never_rounds_them_up():
+    row = {"name": "r", "model": "m", "members": 3, "epochs": 2, "num_epochs": 2,
+           "val_ensemble_accuracy": 0.9976, "test_member_mean": 0.995967, "test_member_std": 0.00046,
+           "test_ensemble_accuracy": 0.9973, "test_vote_accuracy": 0.99699, "test_nll": 0.01,
+           "test_ece": 0.002, "wall_time_s": 60.0}
+    line = analysis.to_markdown([row]).splitlines()[2]
+    assert "| 99.76 | 99.59 ± 0.05 | 99.73 | 99.69 |" in line
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", analysis.COMBINE_METHODS)
 def test_combine_run_with_itself_is_the_run(run_dir, results, method):
