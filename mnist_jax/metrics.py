@@ -291,4 +291,3 @@ def _to_python(value: Any) -> Any:
 def truncated(value: float, places: int) -> str:
     """`value` cut, never rounded up, to `places` decimals: tables of results must not flatter them."""
     return f"{math.floor(value * 10 ** places + 1e-6) / 10 ** places:,.{places}f}"
-

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import os
 from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
 import jax
 import pytest
@@ -40,6 +43,13 @@ def pytest_configure(config):
     # reuse them from disk instead of compiling again.
     jax.config.update("jax_compilation_cache_dir", str(REPO / ".cache" / "jax"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@pytest.fixture
+def experiment(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], ModuleType]:
+    """`experiment("reproduce")` imports a script of experiments/ (scripts, not a package)."""
+    monkeypatch.syspath_prepend(str(REPO / "experiments"))
+    return importlib.import_module
 
 
 @pytest.fixture(scope="session")

@@ -8,16 +8,13 @@ from pathlib import Path
 import jax.numpy as jnp
 import pytest
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 TINY = ["--models", "tiny20k", "--batches", "8", "--repeats", "1", "--steps", "2", "--warmup", "0",
         "--scaling-batch", "8"]
 
 
 @pytest.fixture
-def bench(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.syspath_prepend(str(EXPERIMENTS))
-    import bench_throughput
-    return bench_throughput
+def bench(experiment):
+    return experiment("bench_throughput")
 
 
 def test_jax_side_writes_json(bench, tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 to float32 rounding (its lax drop-in; with the oneDNN extension loaded the other tests here run
 through oneDNN); conv.bias_add and models.blocks.Conv: flax's nn.Conv to float32 rounding."""
 
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -169,11 +168,10 @@ def test_bias_add_gradient_is_the_channel_sum_in_the_bias_dtype():
 
 @pytest.mark.parametrize("name, overrides", [("deotte", {}), ("senet", {"filters": 8}),
                                              ("resnet_committee", {"width": 8})], ids=str)
-def test_bench_conv_swaps_the_zoo_to_flax_conv_without_changing_the_model(name, overrides, monkeypatch):
+def test_bench_conv_swaps_the_zoo_to_flax_conv_without_changing_the_model(name, overrides, experiment):
     """experiments/bench_conv.py times the zoo with plain flax.linen.Conv: it must be the same
     network (parameters, initial values, outputs), fused ReLUs included."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "experiments"))
-    import bench_conv
+    bench_conv = experiment("bench_conv")
     from mnist_jax import models
     x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
 
@@ -193,10 +191,9 @@ def test_bench_conv_swaps_the_zoo_to_flax_conv_without_changing_the_model(name, 
 
 
 @pytest.mark.parametrize("dtype, last", [("float32", "torch"), ("bfloat16", "ours32")])
-def test_bench_conv_times_every_tiny20k_conv(dtype, last, monkeypatch, capsys):
+def test_bench_conv_times_every_tiny20k_conv(dtype, last, experiment, capsys):
     """The per-conv table runs end to end: a row per conv, positive rates (batch 2, one repeat)."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "experiments"))
-    import bench_conv
+    bench_conv = experiment("bench_conv")
     bench_conv.bench_convs(batch=2, repeats=1, only="tiny20k", dtype=dtype)
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[-1] == last

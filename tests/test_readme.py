@@ -50,17 +50,15 @@ def test_every_link_between_the_docs_reaches_its_file_and_heading():
     assert not broken, broken
 
 
-def test_readme_reproduction_table_is_the_one_made_from_the_json(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "experiments"))
-    import reproduce
+def test_readme_reproduction_table_is_the_one_made_from_the_json(experiment):
+    reproduce = experiment("reproduce")
     table = reproduce.table(reproduce.read_runs(reproduce.RESULTS))
     assert table.strip() in (REPO / "README.md").read_text(), (
         "the README's reproduction table is stale: paste `python experiments/reproduce.py --table`")
 
 
-def test_readme_time_to_accuracy_table_is_the_one_made_from_the_json(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "experiments"))
-    import time_to_accuracy
+def test_readme_time_to_accuracy_table_is_the_one_made_from_the_json(experiment):
+    time_to_accuracy = experiment("time_to_accuracy")
     summary = json.loads((REPO / "experiments" / "results" / "time_to_accuracy.json").read_text())
     rows = "\n".join(line for line in time_to_accuracy.table(summary).splitlines() if line.startswith("|"))
     assert rows in (REPO / "README.md").read_text(), (

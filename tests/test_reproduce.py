@@ -5,19 +5,15 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def reproduce(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.syspath_prepend(str(REPO / "experiments"))
-    import reproduce
-    return reproduce
+def reproduce(experiment):
+    return experiment("reproduce")
 
 
 def test_cut_takes_fewer_members_and_scales_the_schedule(reproduce):
@@ -145,4 +141,3 @@ def test_the_member_mean_is_truncated_never_rounded_up(reproduce):
            "wall_time_s": 60.0, "time_per_epoch_s": 3.0, "date": "2026-12-04", "device": "cpu",
            "conv_backend": "xla", "command": "c"}
     assert "| 99.59 ± 0.00 |" in reproduce.table([row])  # the mean is 99.5967
-

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def shared_errors(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.syspath_prepend(str(REPO / "experiments"))
-    import shared_errors
-    return shared_errors
+def shared_errors(experiment):
+    return experiment("shared_errors")
 
 
 def one_hot(classes: list[int]) -> np.ndarray:

@@ -29,10 +29,8 @@ def get_config():
 
 
 @pytest.fixture
-def tta(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.syspath_prepend(str(REPO / "experiments"))
-    import time_to_accuracy
-    return time_to_accuracy
+def tta(experiment):
+    return experiment("time_to_accuracy")
 
 
 def test_waves_grow_the_ensemble_and_the_files_say_so(tta, mnist_dir, tmp_path):

@@ -12,14 +12,11 @@ import pytest
 from mnist_jax import augment
 
 torch = pytest.importorskip("torch", reason="the PyTorch peer needs the optional `bench` extra")
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 @pytest.fixture
-def recipe(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.syspath_prepend(str(EXPERIMENTS))
-    import torch_recipe
-    return torch_recipe
+def recipe(experiment):
+    return experiment("torch_recipe")
 
 
 def test_the_torch_warp_is_augment_affine(recipe) -> None:
