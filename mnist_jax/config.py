@@ -17,6 +17,7 @@ import ml_collections
 from mnist_jax import augment, optim
 
 MEMBER_STRATEGIES = ("auto", "vmap", "unroll")
+DATA_PARALLEL = ("auto", "on", "off")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
@@ -53,6 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.ema_decay = 0.0  # 0: off; else evaluate an exponential moving average of the parameters
     # (decay min(ema_decay, (1 + step) / (10 + step)), so it follows the weights early on).
     c.member_strategy = "auto"  # vmap | unroll (members one after another) | auto (per backend).
+    # on: devices the members cannot fill split each member's batch (a members x data mesh);
+    # auto: on GPU/TPU, off on the CPU (engine.data_parallel_default).
+    c.data_parallel = "auto"
     # Groups: name -> overrides of the fields above for that group's members, e.g.
     # {"deotte": {"model": "deotte", "num_members": 2}, "m5": {"model": "simple_m5"}}. A grouped
     # run trains its groups one after another, in name order (members of one architecture share a compiled step)
@@ -128,6 +132,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.log_every_steps >= 1, f"log_every_steps must be >= 1, got {config.log_every_steps}")
     need(config.member_strategy in MEMBER_STRATEGIES,
          f"unknown member_strategy {config.member_strategy!r}; valid: {', '.join(MEMBER_STRATEGIES)}")
+    need(config.data_parallel in DATA_PARALLEL,
+         f"unknown data_parallel {config.data_parallel!r}; valid: {', '.join(DATA_PARALLEL)}")
     need(config.compute_dtype in COMPUTE_DTYPES,
          f"unknown compute_dtype {config.compute_dtype!r}; valid: {', '.join(COMPUTE_DTYPES)}")
     group_configs(config)  # the groups' own fields are checked by run.validate
@@ -199,7 +205,8 @@ def fingerprint(config: ml_collections.ConfigDict) -> dict:
     """The fields that define what is trained; a checkpoint only resumes into the same ones."""
     resolved = json.loads(config.to_json())
     for bookkeeping in ("checkpoint_every_epochs", "keep_checkpoints", "log_every_steps",
-                        "eval_batch_size", "tta_samples", "data_dir", "member_strategy"):
+                        "eval_batch_size", "tta_samples", "data_dir", "member_strategy",
+                        "data_parallel"):
         resolved.pop(bookkeeping, None)
     return resolved
 

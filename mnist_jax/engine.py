@@ -4,9 +4,12 @@ The state is plain data with a leading member axis. Every random choice of membe
 bag, epoch order, augmentation, dropout) is derived from `seed + i` and the step, so members
 trained together equal members trained alone, and a resumed run replays exactly.
 
-Members are independent, so the member axis is split over a device mesh with `shard_map` and
-no collective is ever needed; inside a device, members run either vectorised (`vmap`) or unrolled
-one after another in the same program (`unroll`), which is faster on the CPU.
+The mesh is 2-D, members × data. Members are independent, so the member axis is split with
+`shard_map` and needs no collective; inside a device, members run either vectorised (`vmap`) or
+unrolled one after another in the same program (`unroll`, faster on the CPU). Where members alone
+cannot fill the devices (15 members on 8 GPUs, or 1), each member's batch is split over the data
+axis: `shard_map` leaves that axis to XLA, which partitions the batch and reduces gradients and
+BatchNorm statistics across it, so the numbers are those of one device up to float rounding.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MEMBER_AXIS = "members"
+DATA_AXIS = "data"
+# Evaluation holds at most this many (member, image) pairs per device at once, so a 35-member
+# committee on one device evaluates in batches of 228 images, not 35 x 1,000.
+EVAL_PAIRS_PER_DEVICE = 8000
 State = dict[str, Any]
 
 # Sub-streams of a member's key: fold_in(member_key, STREAM) keeps them independent.
@@ -48,11 +55,59 @@ def member_keys(seed: int, num_members: int) -> jax.Array:
     return jnp.stack([jax.random.PRNGKey(seed + i) for i in range(num_members)])
 
 
-def make_mesh(num_members: int, devices: list | None = None) -> Mesh:
-    """A 1-D mesh over as many devices as divide the member count (8 members, 4 devices: 2 each)."""
+def mesh_shape(num_members: int, num_devices: int, *, data_parallel: bool,
+               batch_sizes: tuple[int, ...] = ()) -> tuple[int, int]:
+    """(members, data): the layout that uses the most devices, the member axis a divisor of the
+    member count and the data axis one of every batch size; of equals, the most members apart
+    (no collectives). 8 members on 4 devices: (4, 1); 15 on 8: (1, 8); without data parallelism
+    the data axis is 1 (15 on 8: (5, 1))."""
+    best = (1, 1)
+    for members in range(1, num_devices + 1):
+        if num_members % members:
+            continue
+        most = num_devices // members if data_parallel else 1
+        data = max(d for d in range(1, most + 1) if all(b % d == 0 for b in batch_sizes))
+        if members * data >= best[0] * best[1]:
+            best = (members, data)
+    return best
+
+
+def make_mesh(num_members: int, devices: list | None = None, *, data_parallel: bool = False,
+              batch_sizes: tuple[int, ...] = ()) -> Mesh:
+    """A members × data mesh (`mesh_shape`) over the first devices."""
     devices = list(jax.devices() if devices is None else devices)
-    count = max(d for d in range(1, len(devices) + 1) if num_members % d == 0)
-    return Mesh(np.array(devices[:count]), (MEMBER_AXIS,))
+    members, data = mesh_shape(num_members, len(devices), data_parallel=data_parallel,
+                               batch_sizes=batch_sizes)
+    return Mesh(np.array(devices[:members * data]).reshape(members, data), (MEMBER_AXIS, DATA_AXIS))
+
+
+def data_parallel_default() -> bool:
+    """Split batches over devices on GPU/TPU; not on the CPU, where members already fill the
+    cores and oneDNN's custom calls cannot be partitioned (XLA would replicate them)."""
+    return jax.default_backend() != "cpu"
+
+
+def _shard_members(fn: Callable, mesh: Mesh, in_specs: tuple, out_specs: Any) -> Callable:
+    """`shard_map` over the member axis; a data axis of more than one device is left to XLA."""
+    manual = {MEMBER_AXIS} if mesh.shape[DATA_AXIS] > 1 else set(mesh.axis_names)
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                         axis_names=manual, check_vma=False)
+
+
+def _split_batch(x: jax.Array, mesh: Mesh) -> jax.Array:
+    """Lay a batch out over the data axis (a no-op without one)."""
+    if mesh.shape[DATA_AXIS] == 1:
+        return x
+    return jax.lax.with_sharding_constraint(x, P(DATA_AXIS))  # inside shard_map: its mesh
+
+
+def eval_batch_size(requested: int, num_images: int, mesh: Mesh, num_members: int) -> int:
+    """The evaluation batch: at most `requested` images, at most EVAL_PAIRS_PER_DEVICE (member,
+    image) pairs per device, a multiple of the data axis."""
+    data = mesh.shape[DATA_AXIS]
+    local_members = max(1, num_members // mesh.shape[MEMBER_AXIS])
+    batch = min(requested, num_images, max(1, EVAL_PAIRS_PER_DEVICE * data // local_members))
+    return -(-batch // data) * data
 
 
 def member_sharding(mesh: Mesh) -> NamedSharding:
@@ -173,9 +228,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, mesh:
     def member_step(carry, step, images, labels):
         member, metrics, order = carry
         pos = (step % steps_per_epoch) * batch_size
-        idx = jax.lax.dynamic_slice_in_dim(order, pos, batch_size)
-        x = images[idx].astype(jnp.float32) / 255.0
-        y = labels[idx]
+        idx = _split_batch(jax.lax.dynamic_slice_in_dim(order, pos, batch_size), mesh)
+        x = _split_batch(images[idx].astype(jnp.float32) / 255.0, mesh)
+        y = _split_batch(labels[idx], mesh)
         noise = jax.random.fold_in(jax.random.fold_in(member["key"], _NOISE), step)
         k_aug, k_dropout = jax.random.split(noise)
         if augment_fn is not None:
@@ -202,11 +257,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, mesh:
         return member, metrics
 
     run = _per_member(member_step, strategy)
-    sharded = jax.shard_map(
+    sharded = _shard_members(
         lambda state, metrics, step, images, labels, order: run((state, metrics, order), step,
                                                                  images, labels),
-        mesh=mesh, in_specs=(P(MEMBER_AXIS), P(MEMBER_AXIS), P(), P(), P(), P(MEMBER_AXIS)),
-        out_specs=(P(MEMBER_AXIS), P(MEMBER_AXIS)), check_vma=False)
+        mesh, in_specs=(P(MEMBER_AXIS), P(MEMBER_AXIS), P(), P(), P(), P(MEMBER_AXIS)),
+        out_specs=(P(MEMBER_AXIS), P(MEMBER_AXIS)))
     return _classic_threefry(jax.jit(sharded, donate_argnums=(0, 1)))
 
 
@@ -214,7 +269,7 @@ def make_predict(model: nn.Module, *, mesh: Mesh, strategy: str, use_ema: bool,
                  augment_fn: Callable | None = None) -> Callable:
     """Compile `predict(state, images_uint8, key) -> float32 logits [M, B, C]` in eval mode."""
     def member_logits(member, images, key):
-        x = images.astype(jnp.float32) / 255.0
+        x = _split_batch(images.astype(jnp.float32) / 255.0, mesh)
         if augment_fn is not None:
             x = augment_fn(jax.random.fold_in(key, 0), x)
         params = member["ema_params"] if use_ema else member["params"]
@@ -222,8 +277,8 @@ def make_predict(model: nn.Module, *, mesh: Mesh, strategy: str, use_ema: bool,
         return logits.astype(jnp.float32)
 
     run = _per_member(member_logits, strategy)
-    sharded = jax.shard_map(lambda state, images, key: run(state, images, key), mesh=mesh,
-                            in_specs=(P(MEMBER_AXIS), P(), P()), out_specs=P(MEMBER_AXIS), check_vma=False)
+    sharded = _shard_members(lambda state, images, key: run(state, images, key), mesh,
+                             in_specs=(P(MEMBER_AXIS), P(), P()), out_specs=P(MEMBER_AXIS))
     return _classic_threefry(jax.jit(sharded))
 
 

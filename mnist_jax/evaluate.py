@@ -25,14 +25,13 @@ class Evaluator:
 
     def __init__(self, predict: Callable, images: np.ndarray, labels: np.ndarray, *, mesh: Any,
                  batch_size: int, tta_samples: int = 0):
-        n = len(labels)
-        self.batch_size = min(batch_size, n)
-        padded = -(-n // self.batch_size) * self.batch_size
-        pad = np.zeros((padded - n, *images.shape[1:]), np.uint8)
-        self.images = engine.put_replicated(np.concatenate([images, pad]), mesh)
+        self.host_images = images
         self.labels = labels
         self.predict = predict
+        self.mesh = mesh
+        self.batch_size = batch_size  # the most; `engine.eval_batch_size` bounds it per device
         self.tta_samples = tta_samples
+        self._device_images: tuple[int, jax.Array] | None = None
 
     def logits(self, members: Any) -> np.ndarray:
         """Float32 logits [M, N, C] of every member on every image of the split."""
@@ -47,9 +46,21 @@ class Evaluator:
         return metrics.summarize(self.logits(members), self.labels, prefix="")
 
     def _pass(self, members: Any, key: jax.Array) -> np.ndarray:
-        batches = [self.predict(members, self.images[i:i + self.batch_size], key)
-                   for i in range(0, self.images.shape[0], self.batch_size)]
+        batch, images = self._images(jax.tree.leaves(members)[0].shape[0])
+        batches = [self.predict(members, images[i:i + batch], key)
+                   for i in range(0, images.shape[0], batch)]
         return np.concatenate([engine.to_host(b) for b in batches], axis=1)[:, :len(self.labels)]
+
+    def _images(self, num_members: int) -> tuple[int, jax.Array]:
+        """The batch size for this many members, and the split on the device padded to whole
+        batches (put there once)."""
+        batch = engine.eval_batch_size(self.batch_size, len(self.labels), self.mesh, num_members)
+        if self._device_images is None or self._device_images[0] != batch:
+            n = len(self.labels)
+            pad = np.zeros((-(-n // batch) * batch - n, *self.host_images.shape[1:]), np.uint8)
+            self._device_images = batch, engine.put_replicated(
+                np.concatenate([self.host_images, pad]), self.mesh)
+        return self._device_images
 
 
 def validation_record(summary: dict[str, Any]) -> dict[str, Any]:

@@ -73,7 +73,11 @@ def setup(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: 
                        **config.model_overrides.to_dict())
     tx = optim.build(config.optim, steps_per_epoch=steps_per_epoch, num_epochs=config.num_epochs)
     strategy = engine.default_strategy() if config.member_strategy == "auto" else config.member_strategy
-    return Setup(config, model, tx, engine.make_mesh(config.num_members), strategy)
+    data_parallel = (engine.data_parallel_default() if config.data_parallel == "auto"
+                     else config.data_parallel == "on")
+    mesh = engine.make_mesh(config.num_members, data_parallel=data_parallel,
+                            batch_sizes=(config.batch_size,))
+    return Setup(config, model, tx, mesh, strategy)
 
 
 def member_keys(setup: Setup) -> jax.Array:

@@ -303,6 +303,7 @@ def _test(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdir
         },
         "wall_time_s": state.wall_time_s,
         "train_images_per_s": (np.mean([r["images_per_s"] for r in records]) if records else None),
+        "mesh": {"member": setup.mesh.shape[engine.MEMBER_AXIS], "data": setup.mesh.shape[engine.DATA_AXIS]},
         **_machine_record(),
     }
     if config.tta_samples:

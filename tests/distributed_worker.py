@@ -5,6 +5,7 @@ when JAX starts. It saves what it trained, gathered to the host, to an .npz the 
 
     python tests/distributed_worker.py --members=8 --alone --out=ref.npz  # each member alone
     python tests/distributed_worker.py --members=8 --out=mesh.npz         # all over every device
+    python tests/distributed_worker.py --members=15 --data-parallel --out=mesh.npz  # members x data
     python tests/distributed_worker.py --members=4 --out=p0.npz \
         --coordinator=127.0.0.1:PORT --num_processes=2 --process_id=0  # and process_id=1
 """
@@ -63,7 +64,9 @@ def make_trainer(mesh: jax.sharding.Mesh, num_members: int) -> Callable[[jax.Arr
     def trainer(keys: jax.Array) -> tuple[dict, jax.Array]:
         state = engine.init_members(model, tx, keys, jnp.zeros((1, 28, 28, 1)), ema=True, mesh=mesh)
         metrics = jax.device_put(engine.new_metrics(num_members), members)
-        bags = engine.member_bags(keys, NUM_IMAGES, NUM_IMAGES // 2)
+        # A bag of exactly one epoch (STEPS * BATCH of the NUM_IMAGES): every member bags, and no
+        # batch reads past the end of its epoch order.
+        bags = engine.member_bags(keys, NUM_IMAGES, STEPS * BATCH)
         order = jax.device_put(engine.epoch_order(keys, bags, 0, STEPS, BATCH), members)
         for step in range(STEPS):
             state, metrics = step_fn(state, metrics, jnp.int32(step), images_dev, labels_dev, order)
@@ -89,6 +92,8 @@ def main() -> None:
     parser.add_argument("--members", type=int, required=True)
     parser.add_argument("--alone", action="store_true",
                         help="train each member alone on one device (the reference)")
+    parser.add_argument("--data-parallel", action="store_true",
+                        help="split batches over the devices the members leave free")
     parser.add_argument("--out", required=True)
     parser.add_argument("--coordinator", help="multi-host: host:port of process 0 (as mnist_jax.main)")
     parser.add_argument("--num_processes", type=int, default=1)
@@ -104,11 +109,11 @@ def main() -> None:
         np.savez(args.out, **{k: np.concatenate([a[k] for a in alone]) for k in alone[0]})
         return
 
-    mesh = engine.make_mesh(args.members)
+    mesh = engine.make_mesh(args.members, data_parallel=args.data_parallel, batch_sizes=(BATCH,))
     state, logits = make_trainer(mesh, args.members)(engine.member_keys(SEED, args.members))
     kernel = state["params"]["head"]["kernel"]
     np.savez(args.out, **to_flat_host(state, logits), process_count=jax.process_count(),
-             mesh_devices=[d.id for d in mesh.devices.flat],
+             mesh_devices=[d.id for d in mesh.devices.flat], mesh_shape=list(mesh.devices.shape),
              members_per_device=members_per_device(kernel),
              logits_members_per_device=members_per_device(logits),
              fully_addressable=kernel.is_fully_addressable)

@@ -146,6 +146,9 @@ def test_quick_config_end_to_end_reads_test_only_at_the_end(mnist_dir, tmp_path,
     assert results["num_members"] == 2 and len(results["members"]) == 2
     assert 0.2 < results["ensemble"]["test_accuracy"] <= 1.0  # 8 steps: well above chance (0.1)
     assert results["checkpoint_step"] == 8
+    # On the CPU members are not split over the data axis (data_parallel "auto"); 2 members
+    # take one device each where there are two.
+    assert results["mesh"] == {"member": min(2, jax.device_count()), "data": 1}
     for name in ("config.json", "classes.json", "metrics.jsonl", "results.json", "predictions.npz",
                  "misclassified.png", "confusion.png", "curves.png", "ensemble_size.png",
                  "reliability.png"):
@@ -173,6 +176,7 @@ def test_a_diverging_member_is_reported_and_the_run_stops(mnist_dir, tmp_path):
     ("num_epochs", -1, "num_epochs must be >= 1"),
     ("model", "lenet", "unknown model 'lenet'; valid: senet"),
     ("member_strategy", "pmap", "unknown member_strategy"),
+    ("data_parallel", "yes", "unknown data_parallel 'yes'; valid: auto, on, off"),
     ("bagging", 1.5, "bagging must be in"),
 ])
 def test_bad_configs_are_refused_before_compiling(field, value, message):
