@@ -23,8 +23,9 @@ from mnist_jax import config as config_lib, platform, train
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, results, pictures.")
-flags.DEFINE_string("coordinator", None, "Multi-host only: host:port of process 0 "
-                    "(with --num_processes and --process_id; starts jax.distributed).")
+flags.DEFINE_string("coordinator", None, "Multi-host only: host:port of process 0 (with "
+                    "--num_processes and --process_id), or 'auto' for jax.distributed's own "
+                    "detection (TPU VMs, SLURM); starts jax.distributed.")
 flags.DEFINE_integer("num_processes", 1, "Multi-host only: how many processes.")
 flags.DEFINE_integer("process_id", 0, "Multi-host only: this process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -99,8 +100,11 @@ def main(argv: list[str]) -> None:
     platform.configure_cpu()
     if flags.FLAGS.coordinator:
         import jax
-        jax.distributed.initialize(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
-                                   flags.FLAGS.process_id)
+        if flags.FLAGS.coordinator == "auto":
+            jax.distributed.initialize()
+        else:
+            jax.distributed.initialize(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
+                                       flags.FLAGS.process_id)
     try:
         results = train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
     except train.Interrupted as e:

@@ -34,7 +34,7 @@ class Interrupted(RuntimeError):
 
 
 class _StopSignal:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between compiled calls."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks between compiled calls (`agreed_stop`)."""
 
     def __init__(self):
         self.received: int | None = None
@@ -49,6 +49,17 @@ class _StopSignal:
     def __exit__(self, *exc):
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+
+def agreed_stop(received: int | None) -> int | None:
+    """The signal that stops every process at this step: this process's, or (multi-host) any
+    process's, agreed by a collective every process calls at the same steps. So all processes
+    stop at one step and save one checkpoint together (a TPU preemption signals one host)."""
+    if jax.process_count() == 1:
+        return received
+    from jax.experimental import multihost_utils
+    signals = multihost_utils.process_allgather(np.int32(received or 0))
+    return int(signals.max()) or None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -222,10 +233,10 @@ def _train(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdi
                 engine.member_sharding(mesh))
             start, start_step = time.perf_counter(), step
             while step < (epoch + 1) * steps_per_epoch:
-                if stop.received is not None:
+                if (signum := agreed_stop(stop.received)) is not None:
                     wall_time += time.perf_counter() - start
                     save()
-                    raise Interrupted(f"stopped by signal {stop.received} at step {step}; "
+                    raise Interrupted(f"stopped by signal {signum} at step {step}; "
                                       f"the state is saved: run the same command to resume")
                 n = min(config.log_every_steps, (epoch + 1) * steps_per_epoch - step)
                 for _ in range(n):  # dispatched asynchronously; the read below waits for them

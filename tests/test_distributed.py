@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +141,40 @@ def test_two_processes_run_train_and_evaluate(mnist_dir, tmp_path):
     assert results["device"].startswith("4 x ")
     assert results["checkpoint_step"] == 512 // 128
     assert (workdir / "predictions.npz").exists() and (workdir / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_one_step_and_the_same_command_resumes(mnist_dir, tmp_path):
+    """A preempted host: SIGTERM to process 1 only. Both processes stop at the same step (they
+    agree on it collectively) and save one checkpoint; re-running the command finishes the run,
+    and its predictions are bitwise those of an uninterrupted run."""
+    def command(workdir: Path) -> list[str]:
+        return [sys.executable, "-m", "mnist_jax.main", "--config=configs/quick.py",
+                f"--workdir={workdir}", "--config.num_members=2", "--config.num_epochs=6",
+                "--config.train_subset=1024", "--config.validation_size=500",
+                "--config.log_every_steps=1"]
+
+    env = worker_env(1)
+    run_all(multihost(command(tmp_path / "straight")), env)
+    resumed = tmp_path / "resumed"
+    procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for c in multihost(command(resumed))]
+    try:
+        metrics = resumed / "metrics.jsonl"
+        deadline = time.monotonic() + TIMEOUT_S
+        while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the first epoch is logged: training is under way
+        procs[1].send_signal(signal.SIGTERM)
+        outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [130, 130], outputs
+    steps = [re.search(r"stopped by signal 15 at step (\d+)", out) for out in outputs]
+    assert all(steps), outputs
+    assert steps[0][1] == steps[1][1] and int(steps[0][1]) < 6 * 8
+    run_all(multihost(command(resumed)), env)
+    straight, again = (np.load(d / "predictions.npz") for d in (tmp_path / "straight", resumed))
+    for key in ("probs", "val_probs"):
+        np.testing.assert_array_equal(straight[key], again[key])
