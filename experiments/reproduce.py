@@ -3,7 +3,8 @@
     python experiments/reproduce.py --config=deotte15 --members=4
     python experiments/reproduce.py --config=senet_ensemble --members=2 --epochs=5
     python experiments/reproduce.py --config=deotte15 --members=4 --first-member=4
-    python experiments/reproduce.py --table        # the README's table, from the JSON
+    python experiments/reproduce.py --summary      # the README's table: one row per system
+    python experiments/reproduce.py --table        # every run (experiments/results/reproduction.md)
 
 Each run is the config's published recipe; `--members` takes fewer members (the first ones, with
 their own seeds), and `--epochs` cuts the schedule only where one member does not fit the time
@@ -56,6 +57,21 @@ SYSTEMS = {
     "simple_m5": ("simple:m5", "An et al. 2020 M5", "99.692 ± 0.029 (logs of 30 runs)", _AN_VOTE),
     "simple_m7": ("simple:m7", "An et al. 2020 M7", "99.703 (logs of 3 runs)", _AN_VOTE),
 }
+
+
+# The README's table: one row per reference system, its configs (An et al.'s three nets are one
+# system), and the heading of experiments/results/reproduction.md that tells its runs.
+REFERENCE_SYSTEMS = {
+    "SE-net ensemble (MNIST-0.17, Keras)": (("senet_ensemble",), "se-net-ensemble-mnist-017"),
+    "Deotte's 15-CNN ensemble": (("deotte15",), "deottes-15-cnn-ensemble"),
+    "15,578-parameter net (MNIST_99.4)": (("tiny20k",),
+                                          "the-15578-parameter-net-and-the-plain-2-conv-baseline"),
+    "35-member residual committee": (("resnet_committee",), "the-35-member-residual-committee"),
+    "plain 2-conv baseline (Géron)": (("baseline",),
+                                      "the-15578-parameter-net-and-the-plain-2-conv-baseline"),
+    "An et al. 2020 simple CNNs": (("simple_m3", "simple_m5", "simple_m7"), "an-et-al-2020-m5-m7-and-m3"),
+}
+DETAILS = "experiments/results/reproduction.md"
 
 
 def load_config(name: str):
@@ -196,13 +212,72 @@ def table(runs: list[dict[str, Any]]) -> str:
         tta = (f" (TTA {100 * r['ensemble_test_accuracy_tta']:.2f})"
                if r.get("ensemble_test_accuracy_tta") is not None else "")
         members = f"{r['members']} of {r['recipe_members']}"
+        spread = f" ± {acc.std():.2f}" if len(acc) > 1 else ""  # one net has no spread
         epochs = (f"{r['epochs']}" if r["epochs"] == r["recipe_epochs"]
                   else f"**{r['epochs']} of {r['recipe_epochs']}**")
         lines.append(
-            f"| {system} | {single} | {ensemble} | {metrics.truncated(acc.mean(), 2)} ± {acc.std():.2f} | "
+            f"| {system} | {single} | {ensemble} | {metrics.truncated(acc.mean(), 2)}{spread} | "
             f"{100 * r['ensemble_test_accuracy']:.2f}{tta} | {members} | {epochs} | "
             f"{r['wall_time_s'] / 60:.1f} min | {r['time_per_epoch_s']:.0f} s | "
             f"{r['date']}, {r['device']}, {r['conv_backend']}: `{r['command']}` |")
+    return "\n".join(lines)
+
+
+def completeness(run: dict[str, Any]) -> float:
+    """The share of the recipe a run trained: members × epochs over the recipe's."""
+    return run["members"] * run["epochs"] / (run["recipe_members"] * run["recipe_epochs"])
+
+
+def most_complete(runs: list[dict[str, Any]], config: str) -> dict[str, Any] | None:
+    """The run of `config` that trained the most of its recipe (the newest of equals)."""
+    rows = [r for r in runs if r["config"] == config]
+    return max(reversed(rows), key=completeness) if rows else None
+
+
+def short_device(device: str) -> str:
+    """'2 x cpu (cpu, x86_64, AMD EPYC (family 25, model 1; avx2))' -> '2 x AMD EPYC (family
+    25, model 1; avx2)': the count and the processor, without the platform said twice."""
+    count, _, rest = device.partition(" x ")
+    kind, _, description = rest.partition(" (")
+    name = description[:-1].split(", ", 2)[-1] if description.endswith(")") else rest
+    return (f"{count} x {name}" if kind == "cpu" else f"{count} x {rest}").replace("(R)", "")
+
+
+def _accuracy_cell(run: dict[str, Any]) -> str:
+    acc = 100 * np.asarray(run["member_test_accuracies"])
+    tta = run.get("ensemble_test_accuracy_tta")
+    tta = f" (TTA {metrics.truncated(100 * tta, 2)})" if tta is not None else ""
+    if len(acc) == 1:  # the members column says it is one net
+        return f"{metrics.truncated(acc[0], 2)}{tta}"
+    return (f"**{metrics.truncated(100 * run['ensemble_test_accuracy'], 2)}** ensemble{tta}; "
+            f"nets {metrics.truncated(acc.mean(), 2)} ± {acc.std():.2f}")
+
+
+def summary(runs: list[dict[str, Any]]) -> str:
+    """The README's table: per reference system its most complete recorded run (a system of
+    several nets: each net's), beside the published figures; every run is in `table`."""
+    lines = ["| system | published | ours (test %) | members × epochs run | status | cost | details |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for system, (configs, anchor) in REFERENCE_SYSTEMS.items():
+        # A system of several nets labels each with its short name (An et al.'s "M3").
+        label = {c: f"{SYSTEMS[c][1].rsplit(' ', 1)[-1]} " if len(configs) > 1 else "" for c in configs}
+        single, ensemble = SYSTEMS[configs[0]][2:]
+        published = single if ensemble == "—" else ensemble
+        if len(configs) == 1 and ensemble != "—":
+            published += f"; nets {single}"
+        details = f"[details]({DETAILS}#{anchor})"
+        chosen = [(c, r) for c in configs if (r := most_complete(runs, c)) is not None]
+        if not chosen:
+            lines.append(f"| {system} | {published} | not run | — | — | — | {details} |")
+            continue
+        ours = "; ".join(f"{label[c]}{_accuracy_cell(r)}" for c, r in chosen)
+        run = "; ".join(f"{label[c]}{r['members']}/{r['recipe_members']} × {r['epochs']}/{r['recipe_epochs']}"
+                        for c, r in chosen)
+        full = len(chosen) == len(configs) and all(completeness(r) >= 1 for _, r in chosen)
+        minutes = sum(r["wall_time_s"] for _, r in chosen) / 60
+        devices = " / ".join(sorted({short_device(r["device"]) for _, r in chosen}))
+        lines.append(f"| {system} | {published} | {ours} | {run} | {'full' if full else 'partial'} | "
+                     f"{minutes:.1f} min, {devices} | {details} |")
     return "\n".join(lines)
 
 
@@ -217,13 +292,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="train members K.. and record them joined with the run of members 0..K-1")
     parser.add_argument("--out", default="runs/reproduce", help="folder for the run folders")
     parser.add_argument("--results", default=str(RESULTS), help="the JSON to add the run to")
-    parser.add_argument("--table", action="store_true", help="print the table of --results")
+    parser.add_argument("--table", action="store_true",
+                        help="print every run of --results (experiments/results/reproduction.md)")
+    parser.add_argument("--summary", action="store_true",
+                        help="print one row per reference system (the README's table)")
     args = parser.parse_args(argv)
     results_path = Path(args.results)
-    if args.table:
+    if args.table or args.summary:
         if not results_path.exists():
             parser.error(f"{results_path} does not exist yet: run a config first")
-        print(table(read_runs(results_path)))
+        print((table if args.table else summary)(read_runs(results_path)))
         return
     if args.config is None:
         parser.error("pass --config=NAME (or --table)")

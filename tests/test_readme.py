@@ -50,17 +50,44 @@ def test_every_link_between_the_docs_reaches_its_file_and_heading():
     assert not broken, broken
 
 
-def test_readme_reproduction_table_is_the_one_made_from_the_json(experiment):
+RESULTS_DOCS = REPO / "experiments" / "results"
+
+
+def test_readme_reproduced_systems_table_is_the_summary_made_from_the_json(experiment):
+    reproduce = experiment("reproduce")
+    summary = reproduce.summary(reproduce.read_runs(reproduce.RESULTS))
+    assert summary.strip() in (REPO / "README.md").read_text(), (
+        "the README's reproduced-systems table is stale: paste `python experiments/reproduce.py --summary`")
+    assert len(summary.splitlines()) == 2 + len(reproduce.REFERENCE_SYSTEMS)
+
+
+def test_every_run_table_is_the_one_made_from_the_json(experiment):
     reproduce = experiment("reproduce")
     table = reproduce.table(reproduce.read_runs(reproduce.RESULTS))
-    assert table.strip() in (REPO / "README.md").read_text(), (
-        "the README's reproduction table is stale: paste `python experiments/reproduce.py --table`")
+    assert table.strip() in (RESULTS_DOCS / "reproduction.md").read_text(), (
+        "experiments/results/reproduction.md's table is stale: paste `python experiments/reproduce.py --table`")
 
 
-def test_readme_time_to_accuracy_table_is_the_one_made_from_the_json(experiment):
+def test_time_to_accuracy_table_is_the_one_made_from_the_json(experiment):
     time_to_accuracy = experiment("time_to_accuracy")
-    summary = json.loads((REPO / "experiments" / "results" / "time_to_accuracy.json").read_text())
+    summary = json.loads((RESULTS_DOCS / "time_to_accuracy.json").read_text())
     rows = "\n".join(line for line in time_to_accuracy.table(summary).splitlines() if line.startswith("|"))
-    assert rows in (REPO / "README.md").read_text(), (
-        "the README's time-to-accuracy table is stale: paste `python experiments/time_to_accuracy.py "
-        "--table experiments/results/time_to_accuracy.json`")
+    assert rows in (RESULTS_DOCS / "time_to_accuracy.md").read_text(), (
+        "experiments/results/time_to_accuracy.md's table is stale: paste `python "
+        "experiments/time_to_accuracy.py --table experiments/results/time_to_accuracy.json`")
+
+
+def test_readme_quick_start_output_is_the_measured_one(experiment):
+    quickstart = experiment("quickstart")
+    block = quickstart.readme_block(json.loads(quickstart.RESULTS.read_text()))
+    assert block in (REPO / "README.md").read_text(), (
+        "the README's command-1 output is stale: paste `python experiments/quickstart.py --readme`")
+
+
+def test_readme_reads_as_documentation_not_a_lab_notebook():
+    """Short, no long lines, few dates: measurements and their stories live in experiments/results/."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    assert len(lines) <= 220
+    assert [n for n, line in enumerate(lines, 1) if len(line) > 300] == []
+    dated = [line for line in lines if re.search(r"\b20\d\d-\d\d-\d\d\b", line)]
+    assert len(dated) <= 6, dated

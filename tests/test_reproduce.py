@@ -141,3 +141,33 @@ def test_the_member_mean_is_truncated_never_rounded_up(reproduce):
            "wall_time_s": 60.0, "time_per_epoch_s": 3.0, "date": "2026-12-04", "device": "cpu",
            "conv_backend": "xla", "command": "c"}
     assert "| 99.59 ± 0.00 |" in reproduce.table([row])  # the mean is 99.5967
+
+
+def _row(config: str, members: int, recipe_members: int, epochs: int, recipe_epochs: int,
+         accuracies: list[float], device: str = "2 x cpu (cpu, x86_64, AMD EPYC (family 25, model 1; avx2))"):
+    return {"config": config, "members": members, "recipe_members": recipe_members, "epochs": epochs,
+            "recipe_epochs": recipe_epochs, "member_test_accuracies": accuracies,
+            "ensemble_test_accuracy": max(accuracies), "wall_time_s": 600.0, "device": device}
+
+
+def test_summary_has_one_row_per_reference_system_from_its_most_complete_run(reproduce):
+    runs = [_row("deotte15", 4, 15, 30, 30, [0.996, 0.997, 0.9965, 0.9961]),
+            _row("deotte15", 15, 15, 30, 30, [0.9966] * 15),
+            _row("deotte15", 8, 15, 30, 30, [0.9962] * 8),
+            _row("simple_m3", 1, 3, 15, 150, [0.9968]), _row("simple_m5", 1, 3, 20, 150, [0.9964])]
+    lines = reproduce.summary(runs).splitlines()[2:]
+    assert len(lines) == len(reproduce.REFERENCE_SYSTEMS)
+    deotte = next(line for line in lines if line.startswith("| Deotte"))
+    assert "| 15/15 × 30/30 | full |" in deotte
+    assert "2 x AMD EPYC (family 25, model 1; avx2)" in deotte and "(cpu, x86_64" not in deotte
+    an = next(line for line in lines if line.startswith("| An et al."))
+    assert "| M3 99.68; M5 99.64 | M3 1/3 × 15/150; M5 1/3 × 20/150 | partial |" in an
+    assert "20.0 min" in an  # both nets' wall time
+    assert "| not run |" in next(line for line in lines if line.startswith("| SE-net"))
+
+
+def test_the_committed_summary_fits_a_readable_table(reproduce):
+    """No cell over 200 characters (the README's table; the full one is in reproduction.md)."""
+    for line in reproduce.summary(reproduce.read_runs(reproduce.RESULTS)).splitlines():
+        cells = line.strip("|").split(" | ")
+        assert max(map(len, cells)) <= 200, line
