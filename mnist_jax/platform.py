@@ -2,21 +2,28 @@
 
 `configure_cpu()` is called by every entry point (`mnist_jax.main`, `mnist_jax.evaluate_main`, the
 experiments, the tests' conftest) before the first JAX computation; a notebook calls it first
-thing to get the same speed. Importing `mnist_jax` changes nothing in the process.
+thing to get the same speed. Where JAX will run on a GPU or TPU it changes nothing, and
+`setup_record()` (in results.json) says what applied. Importing `mnist_jax` changes nothing in
+the process.
 """
 
 from __future__ import annotations
 
 import ctypes
 import importlib.metadata
+import importlib.util
 import logging
 import os
+import pkgutil
 import platform
+from pathlib import Path
+from typing import Any
 
 import jax
 
 _configured = False
 _memory_kept = False
+_applied: dict[str, bool] = {"cpu_devices_per_core": False, "ynnpack_off": False}
 
 
 def _usable_cores() -> int:
@@ -39,8 +46,9 @@ def configure_cpu() -> None:
     - Quiet: JAX's INFO line about the missing TPU runtime is dropped on CPU-only machines.
     - Freed memory kept (Linux glibc, `_keep_freed_memory`).
 
-    Must run before JAX starts its CPU backend (the first computation or `jax.devices()`);
-    called later it changes nothing and logs a warning.
+    None of it where JAX will pick a GPU or TPU (`expected_platform`): there the host only feeds
+    the accelerator. Must run before JAX starts its backends (the first computation or
+    `jax.devices()`); called later it changes nothing and logs a warning.
     """
     global _configured
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
@@ -51,12 +59,42 @@ def configure_cpu() -> None:
         logging.warning("mnist_jax.platform.configure_cpu() was called after JAX started its "
                         "backends; call it first thing to get one CPU device per core")
         return
+    _configured = True
+    if expected_platform() != "cpu":
+        return
     if "ynn_fusion_type" not in flags and _jaxlib_version().startswith("0.10."):
         os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_experimental_ynn_fusion_type=".strip()
+        _applied["ynnpack_off"] = True
     if "xla_force_host_platform_device_count" not in flags and "JAX_NUM_CPU_DEVICES" not in os.environ:
         jax.config.update("jax_num_cpu_devices", _usable_cores())
+        _applied["cpu_devices_per_core"] = True
     _keep_freed_memory()
-    _configured = True
+
+
+def expected_platform() -> str:
+    """The platform JAX will run on, told before its backends start: the first of
+    `JAX_PLATFORMS` when set, else 'tpu' or 'gpu' when that plugin is installed and its device
+    is present, else 'cpu'."""
+    chosen = os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or ""
+    if chosen:
+        first = chosen.split(",")[0].strip().lower()
+        return "gpu" if first in ("cuda", "rocm") else first
+    if importlib.util.find_spec("libtpu") and any(Path(p).exists() for p in ("/dev/accel0", "/dev/vfio/0")):
+        return "tpu"
+    plugins = {e.name for e in importlib.metadata.entry_points(group="jax_plugins")}
+    if importlib.util.find_spec("jax_plugins"):
+        import jax_plugins  # namespace package of JAX's GPU plugins
+        plugins |= {m.name for m in pkgutil.iter_modules(jax_plugins.__path__)}
+    if any("cuda" in p for p in plugins) and Path("/dev/nvidiactl").exists():
+        return "gpu"
+    if any("rocm" in p for p in plugins) and Path("/dev/kfd").exists():
+        return "gpu"
+    return "cpu"
+
+
+def setup_record() -> dict[str, Any]:
+    """What `configure_cpu` applied to this process, for results.json."""
+    return {"expected_platform": expected_platform(), **_applied, "malloc": malloc_mode()}
 
 
 # mallopt parameters (glibc's malloc.h).

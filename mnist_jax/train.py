@@ -177,7 +177,8 @@ def combine_groups(config: ml_collections.ConfigDict, workdir: Path
 def _machine_record() -> dict[str, str]:
     """Where results.json's numbers were measured."""
     return {"device": platform.device_description(), "conv_backend": platform.conv_backend(),
-            "malloc": platform.malloc_mode(), "jax_version": jax.__version__}
+            "malloc": platform.malloc_mode(), "platform_setup": platform.setup_record(),
+            "jax_version": jax.__version__}
 
 
 def _ensemble_record(summary: dict[str, Any]) -> dict[str, Any]:

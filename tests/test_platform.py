@@ -1,4 +1,11 @@
-"""The CPU description every speed and accuracy record carries."""
+"""The CPU description every speed and accuracy record carries, and what `configure_cpu` sets per platform."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
 
 from mnist_jax.platform import cpu_model, describe_cpuinfo
 
@@ -38,3 +45,31 @@ def test_the_description_degrades_to_what_cpuinfo_has():
 
 def test_this_host_has_a_description():
     assert cpu_model()
+
+
+def _setup_in_fresh_process(env: dict[str, str]) -> dict:
+    """`configure_cpu()` in a new process (it acts before JAX starts), reporting what it did;
+    the backend is never started, so a GPU/TPU platform needs no device here."""
+    code = ("import json, os, jax; from mnist_jax import platform; platform.configure_cpu(); "
+            "print(json.dumps({**platform.setup_record(), 'xla_flags': os.environ.get('XLA_FLAGS', ''), "
+            "'num_cpu_devices': jax.config.jax_num_cpu_devices}))")
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("XLA_FLAGS", "JAX_PLATFORMS", "JAX_NUM_CPU_DEVICES") and not k.startswith("MALLOC_")}
+    done = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True,
+                          text=True, timeout=120, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("platform_name", ["cuda", "tpu"])
+def test_on_a_gpu_or_tpu_nothing_cpu_specific_is_set(platform_name):
+    record = _setup_in_fresh_process({"JAX_PLATFORMS": platform_name})
+    assert record == {"expected_platform": "gpu" if platform_name == "cuda" else "tpu",
+                      "cpu_devices_per_core": False, "ynnpack_off": False, "malloc": "default",
+                      "xla_flags": "", "num_cpu_devices": -1}
+
+
+def test_on_the_cpu_the_setup_says_what_it_applied():
+    record = _setup_in_fresh_process({"JAX_PLATFORMS": "cpu"})
+    assert record["expected_platform"] == "cpu" and record["cpu_devices_per_core"]
+    assert record["num_cpu_devices"] >= 1
+    assert record["ynnpack_off"] == ("ynn_fusion_type" in record["xla_flags"])
