@@ -17,16 +17,20 @@ than with 1, members side by side 1.1x faster with 1 thread each than with 2, an
 faster with 1 on an AVX-512 CPU but with 2 on an AVX2 one (experiments/results/speed.md).
 
 `available()` says whether the handlers are loaded: not when the library was not built (other
-platforms), nor when `MNIST_JAX_ONEDNN=0` turns them off; `mnist_jax.ops.conv` then stays on lax,
-which remains the reference the tests compare with.
+platforms; on Linux x86-64 an install without a C++ compiler, where the first call logs one
+warning line that says why, or with `MNIST_JAX_NATIVE=0`), nor when `MNIST_JAX_ONEDNN=0` turns
+them off; `mnist_jax.ops.conv` then stays on lax, which remains the reference the tests compare
+with.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import math
 import os
+import platform
 from pathlib import Path
 
 import jax
@@ -36,7 +40,11 @@ import numpy as np
 
 ENV = "MNIST_JAX_ONEDNN"
 THREADS_ENV = "MNIST_JAX_ONEDNN_THREADS"
+# `MNIST_JAX_NATIVE=0 pip install -e .` skips the build (csrc/CMakeLists.txt reads it).
+NATIVE_ENV = "MNIST_JAX_NATIVE"
 LIBRARY = "libmnist_onednn.so"
+# Where `pip install` builds the library (pyproject.toml's platform markers).
+BUILT_HERE = platform.system() == "Linux" and platform.machine() == "x86_64"
 _HANDLERS = ("mnist_onednn_conv_fwd", "mnist_onednn_conv_bias_fwd", "mnist_onednn_conv_bwd_data",
              "mnist_onednn_conv_bwd_weights", "mnist_onednn_conv_bias_bwd_weights")
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -44,9 +52,19 @@ _DN = ("NHWC", "HWIO", "NHWC")
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
+def _off(name: str) -> bool:
+    return os.environ.get(name, "1").strip().lower() in ("0", "false", "off", "no")
+
+
 def disabled() -> bool:
     """True when the environment turns the extension off (`MNIST_JAX_ONEDNN=0`)."""
-    return os.environ.get(ENV, "1").strip().lower() in ("0", "false", "off", "no")
+    return _off(ENV)
+
+
+def skipped_on_purpose() -> bool:
+    """True when the environment says the install skipped the build on purpose
+    (`MNIST_JAX_NATIVE=0`): no warning then about the missing library."""
+    return _off(NATIVE_ENV)
 
 
 def library_path() -> Path | None:
@@ -60,8 +78,15 @@ def library_path() -> Path | None:
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    path = None if disabled() else library_path()
+    if disabled():
+        return None
+    path = library_path()
     if path is None:
+        if BUILT_HERE and not skipped_on_purpose():  # pip hides CMake's warning: say it here
+            logging.getLogger(__name__).warning(
+                "mnist_jax: the oneDNN extension is not built (no %s in mnist_jax/ops); "
+                "convolutions run on XLA. Reinstall with a C++ compiler (pip install -e .) for the "
+                "faster CPU convolutions, or set %s=0 to silence this.", LIBRARY, ENV)
         return None
     try:
         lib = ctypes.CDLL(str(path))
