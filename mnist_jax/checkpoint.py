@@ -24,17 +24,19 @@ class CheckpointError(ValueError):
 
 
 def manager(workdir: str | Path, keep: int) -> ocp.CheckpointManager:
+    """Saves are asynchronous: orbax copies the arrays to the host before `save` returns (so the
+    train step may then donate them) and writes the files in the background; `close()` waits."""
     directory = runfolder.checkpoint_dir(Path(workdir))
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=False)
+                                           enable_async_checkpointing=True)
     return ocp.CheckpointManager(directory, options=options)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, tree: Any, meta: dict) -> None:
-    """Write `tree` and `meta` for `step` (orbax writes to a temporary folder, then renames)."""
+    """Start writing `tree` and `meta` for `step` (to a temporary folder, renamed when complete,
+    so a crash leaves the previous checkpoints); the previous save is finished first."""
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                             meta=ocp.args.JsonSave(meta)), force=True)
-    mngr.wait_until_finished()
 
 
 def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:

@@ -57,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
     # on: devices the members cannot fill split each member's batch (a members x data mesh);
     # auto: on GPU/TPU, off on the CPU (engine.data_parallel_default).
     c.data_parallel = "auto"
+    c.steps_per_call = 0  # >0: train steps per compiled call (a device loop); 0: per backend.
     # Groups: name -> overrides of the fields above for that group's members, e.g.
     # {"deotte": {"model": "deotte", "num_members": 2}, "m5": {"model": "simple_m5"}}. A grouped
     # run trains its groups one after another, in name order (members of one architecture share a compiled step)
@@ -132,6 +133,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.log_every_steps >= 1, f"log_every_steps must be >= 1, got {config.log_every_steps}")
     need(config.member_strategy in MEMBER_STRATEGIES,
          f"unknown member_strategy {config.member_strategy!r}; valid: {', '.join(MEMBER_STRATEGIES)}")
+    need(config.steps_per_call >= 0, f"steps_per_call must be >= 0, got {config.steps_per_call}")
     need(config.data_parallel in DATA_PARALLEL,
          f"unknown data_parallel {config.data_parallel!r}; valid: {', '.join(DATA_PARALLEL)}")
     need(config.compute_dtype in COMPUTE_DTYPES,
@@ -206,7 +208,7 @@ def fingerprint(config: ml_collections.ConfigDict) -> dict:
     resolved = json.loads(config.to_json())
     for bookkeeping in ("checkpoint_every_epochs", "keep_checkpoints", "log_every_steps",
                         "eval_batch_size", "tta_samples", "data_dir", "member_strategy",
-                        "data_parallel"):
+                        "data_parallel", "steps_per_call"):
         resolved.pop(bookkeeping, None)
     return resolved
 

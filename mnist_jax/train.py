@@ -214,8 +214,10 @@ def _train(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdi
                   label_smoothing=config.label_smoothing, l1=config.l1, l1_params=config.l1_params,
                   ema_decay=config.ema_decay, strategy=setup.strategy)
     augment_fn = augment.build(config.augment)
-    step_augmented = engine.make_train_step(setup.model, setup.tx, augment_fn=augment_fn, **common)
-    step_clean = engine.make_train_step(setup.model, setup.tx, augment_fn=None, **common)
+    steps_per_call = config.steps_per_call or engine.default_steps_per_call()
+    programs = {(clean, k): engine.make_train_step(setup.model, setup.tx, steps_per_call=k,
+                                                   augment_fn=None if clean else augment_fn, **common)
+                for clean in (False, True) for k in {1, steps_per_call}}  # compiled when first called
     validation = (Evaluator(predict, val.images, val.labels, mesh=mesh,
                             batch_size=config.eval_batch_size) if val else None)
 
@@ -224,11 +226,10 @@ def _train(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdi
             return
         run_lib.save(setup, mngr, run_lib.State(members, epoch_metrics, step, wall_time))
 
-    with _StopSignal() as stop:
+    with _StopSignal() as stop, contextlib.closing(mngr):  # closing waits for the last save
         while step < total_steps:
             epoch = step // steps_per_epoch
             clean = epoch >= config.num_epochs - config.clean_final_epochs
-            train_step = step_clean if clean else step_augmented
             order = jax.device_put(
                 engine.epoch_order(keys, bags, epoch, steps_per_epoch, config.batch_size),
                 engine.member_sharding(mesh))
@@ -240,10 +241,12 @@ def _train(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdi
                     raise Interrupted(f"stopped by signal {signum} at step {step}; "
                                       f"the state is saved: run the same command to resume")
                 n = min(config.log_every_steps, (epoch + 1) * steps_per_epoch - step)
-                for _ in range(n):  # dispatched asynchronously; the read below waits for them
-                    members, epoch_metrics = train_step(members, epoch_metrics, jnp.int32(step),
-                                                        images, labels, order)
-                    step += 1
+                step_on_device = jnp.int32(step)  # then counted on the device, call to call
+                while n:  # dispatched asynchronously; the read below waits for them
+                    k = steps_per_call if n >= steps_per_call else 1
+                    members, epoch_metrics, step_on_device = programs[clean, k](
+                        members, epoch_metrics, step_on_device, images, labels, order)
+                    step, n = step + k, n - k
                 sums = jax.tree.map(engine.to_host, epoch_metrics)  # one small read every n steps
                 bad = np.flatnonzero(sums["first_bad_step"] >= 0)
                 if bad.size:
@@ -274,7 +277,6 @@ def _train(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdi
             epoch_metrics = run_lib.new_metrics(setup)
             if (epoch + 1) % config.checkpoint_every_epochs == 0 or step == total_steps:
                 save()
-    mngr.close()
     return run_lib.State(members, epoch_metrics, step, wall_time)
 
 

@@ -68,8 +68,9 @@ def make_trainer(mesh: jax.sharding.Mesh, num_members: int) -> Callable[[jax.Arr
         # batch reads past the end of its epoch order.
         bags = engine.member_bags(keys, NUM_IMAGES, STEPS * BATCH)
         order = jax.device_put(engine.epoch_order(keys, bags, 0, STEPS, BATCH), members)
-        for step in range(STEPS):
-            state, metrics = step_fn(state, metrics, jnp.int32(step), images_dev, labels_dev, order)
+        step = jnp.int32(0)
+        for _ in range(STEPS):
+            state, metrics, step = step_fn(state, metrics, step, images_dev, labels_dev, order)
         return {**state, "metrics": metrics}, predict(state, held_out, jax.random.PRNGKey(0))
     return trainer
 

@@ -37,7 +37,7 @@ def worker_env(host_devices: int) -> dict[str, str]:
     flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
                      if not f.startswith("--xla_cpu_use_fusion_emitters"))
     flags = f"{flags} --xla_force_host_platform_device_count={host_devices}"
-    return {**os.environ, "XLA_FLAGS": flags.strip(),
+    return {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu",  # also on a GPU box
             "JAX_COMPILATION_CACHE_DIR": str(REPO / ".cache" / "jax"),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}
 

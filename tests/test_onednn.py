@@ -22,6 +22,8 @@ from mnist_jax.ops import conv, onednn
 
 DN = ("NHWC", "HWIO", "NHWC")
 
+pytestmark = pytest.mark.cpu_only  # oneDNN's convolutions run on the CPU backend only
+
 needs_onednn = pytest.mark.skipif(not onednn.available(),
                                   reason="oneDNN extension not built or MNIST_JAX_ONEDNN=0")
 

@@ -73,3 +73,22 @@ def test_on_the_cpu_the_setup_says_what_it_applied():
     assert record["expected_platform"] == "cpu" and record["cpu_devices_per_core"]
     assert record["num_cpu_devices"] >= 1
     assert record["ynnpack_off"] == ("ynn_fusion_type" in record["xla_flags"])
+
+
+class _Item:
+    def __init__(self, *keywords: str):
+        self.keywords, self.markers = dict.fromkeys(keywords), []
+
+    def add_marker(self, marker) -> None:
+        self.markers.append(marker)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_cpu_only_tests_are_skipped_off_the_cpu(backend, monkeypatch):
+    import conftest
+    import jax
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    cpu_only, anywhere = _Item("cpu_only", "slow"), _Item("slow")
+    conftest.pytest_collection_modifyitems(None, [cpu_only, anywhere])
+    assert [m.name for m in cpu_only.markers] == ([] if backend == "cpu" else ["skip"])
+    assert anywhere.markers == []
