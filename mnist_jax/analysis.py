@@ -21,7 +21,7 @@ from typing import Any, Callable, NamedTuple
 import ml_collections
 import numpy as np
 
-from mnist_jax import checkpoint, config as config_lib, metrics, plots, run as run_lib, runfolder
+from mnist_jax import checkpoint, config as config_lib, metrics, plots, run as run_lib, runfolder, selection
 from mnist_jax.evaluate import Evaluator
 
 PLOTS = runfolder.PICTURES
@@ -288,4 +288,57 @@ def combine(workdirs: list[str | Path], method: str = "vote") -> dict[str, Any]:
         "nll": float(metrics.nll(mean, labels)),
         "ece": float(metrics.ece(mean, labels)),
         "brier": float(metrics.brier(mean, labels)),
+    }
+
+
+def select(workdirs: list[str | Path], method: str = "greedy", size: int = 10) -> dict[str, Any]:
+    """An ensemble chosen from the members of one or more runs on the validation split
+    (`selection.greedy` or `selection.top_k`), then scored on the test split once.
+
+    Returns the choice (each chosen member's run, index and weight), its validation accuracy and
+    NLL, and the test numbers of the chosen ensemble (mean probability, weights by count)."""
+    if method not in selection.METHODS:
+        raise AnalysisError(f"unknown selection method {method!r}; choose one of {', '.join(selection.METHODS)}")
+    if not workdirs:
+        raise AnalysisError("select needs at least one run directory")
+    views = [load_run(w) for w in workdirs]
+    members, val, test = [], [], []
+    for view in views:
+        predictions = view.predictions
+        if predictions is None or "val_probs" not in predictions:
+            raise AnalysisError(f"{runfolder.predictions_path(view.workdir)} has no validation "
+                                f"predictions to choose on; the run needs validation_size > 0 and a "
+                                f"finished test evaluation")
+        for key, first in (("val_labels", views[0]), ("labels", views[0])):
+            if not np.array_equal(predictions[key], first.predictions[key]):
+                raise AnalysisError(f"{view.workdir} and {first.workdir} hold other {key}; "
+                                    f"select from runs of the same dataset and validation split")
+        members += [(str(view.workdir), i) for i in range(len(predictions["val_probs"]))]
+        val.append(predictions["val_probs"])
+        test.append(predictions["probs"])
+    val_probs, test_probs = np.concatenate(val), np.concatenate(test)
+    val_labels, test_labels = views[0].predictions["val_labels"], views[0].predictions["labels"]
+    try:
+        picked = getattr(selection, method)(val_probs, val_labels, size)
+    except ValueError as e:
+        raise AnalysisError(str(e)) from None
+    counts = np.bincount(picked, minlength=len(members))
+    chosen = np.flatnonzero(counts)
+    weights = counts[chosen] / counts.sum()
+    def mean(probs: np.ndarray) -> np.ndarray:
+        return np.tensordot(weights, probs[chosen], axes=1)
+    val_mean = mean(val_probs)
+    test_mean = mean(test_probs)  # read here, once, after the choice
+    return {
+        "method": method,
+        "size": size,
+        "runs": [str(view.workdir) for view in views],
+        "candidates": len(members),
+        "chosen": [{"run": members[i][0], "member": members[i][1], "weight": int(counts[i])}
+                   for i in chosen],
+        "val_accuracy": float((val_mean.argmax(-1) == val_labels).mean()),
+        "val_nll": float(metrics.nll(val_mean, val_labels)),
+        "test_accuracy": float((test_mean.argmax(-1) == test_labels).mean()),
+        "test_errors": int((test_mean.argmax(-1) != test_labels).sum()),
+        "test_nll": float(metrics.nll(test_mean, test_labels)),
     }

@@ -9,6 +9,7 @@
     DIR/predictions.npz       per-member test (and validation) probabilities and labels
     DIR/groups/<name>/        a grouped run's groups, each an ordinary run folder
     DIR/eval_*.json           re-evaluations (`python -m mnist_jax.evaluate_main`)
+    DIR/selection_*.json      ensembles chosen on validation (`evaluate_main --select`)
     DIR/<picture>.png         misclassified, confusion, curves, ensemble_size, reliability
     DIR/.lock                 held by the process training in DIR
 
@@ -278,6 +279,13 @@ def write_evaluation(workdir: Path, result: dict[str, Any], *, split: str, datas
     """eval_<split>.json for the run's own data; another dataset or TTA gets its own file."""
     slug = "" if dataset is None else "_" + re.sub(r"[^A-Za-z0-9]+", "-", dataset).strip("-")
     path = workdir / f"eval_{split}{slug}{'_tta' if tta else ''}.json"
+    write_json(path, result)
+    return path
+
+
+def write_selection(workdir: Path, result: dict[str, Any]) -> Path:
+    """selection_<method>_<size>.json: an ensemble chosen on validation and its test numbers."""
+    path = workdir / f"selection_{result['method']}_{result['size']}.json"
     write_json(path, result)
     return path
 

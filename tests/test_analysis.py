@@ -265,6 +265,32 @@ def test_cli_writes_eval_json_and_prints(run_dir, results, capsys):
     assert f"wrote {run_dir / 'eval_test.json'}" in out
 
 
+@pytest.mark.slow
+def test_an_ensemble_is_chosen_on_validation_and_scored_on_test_once(run_dir, tmp_path, capsys):
+    """Candidates from two runs (the second a copy whose member 1 is made poor on validation and
+    perfect on test): top-1 never picks it, so no test number steered the choice."""
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("checkpoints"))
+    saved = dict(np.load(other / "predictions.npz"))
+    saved["val_probs"][1] = 1.0 / saved["val_probs"].shape[-1]  # knows nothing on validation
+    saved["probs"][1] = np.eye(saved["probs"].shape[-1])[saved["labels"]]  # perfect on test
+    np.savez(other / "predictions.npz", **saved)
+    chosen = analysis.select([run_dir, other], method="top_k", size=1)["chosen"]
+    assert chosen != [{"run": str(other), "member": 1, "weight": 1}] and len(chosen) == 1
+
+    assert evaluate_main.main([f"--workdir={run_dir}", "--select=greedy", "--size=3",
+                               f"--also={other}"]) == 0
+    written = json.loads((run_dir / "selection_greedy_3.json").read_text())
+    assert written["candidates"] == 4 and sum(c["weight"] for c in written["chosen"]) == 3
+    assert {"run": str(other), "member": 1} not in [{k: c[k] for k in ("run", "member")}
+                                                     for c in written["chosen"]]
+    assert 0.0 < written["test_accuracy"] <= 1.0 and written["val_nll"] > 0
+    out = capsys.readouterr().out
+    assert "chosen on validation" in out and "scored once after the choice" in out
+    assert evaluate_main.main([f"--workdir={run_dir}", "--select=top_k", "--size=9"]) == 2
+    assert "top_k of 9 needs at least 9 members; there are 2" in capsys.readouterr().err
+
+
 def test_missing_checkpoint_is_one_clear_error(tmp_path):
     view = analysis.load_run(write_config(tmp_path / "run"))
     assert view.results is None and view.predictions is None and view.metrics == []

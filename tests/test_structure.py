@@ -44,7 +44,7 @@ def test_analysis_and_evaluate_do_not_import_the_train_loop():
 
 # Patterns of the run folder's file names, as they appear in string constants (f-string parts too).
 RUN_FOLDER_FILES = [r"config\.json", r"classes\.json", r"metrics\.jsonl", r"results\.json",
-                    r"predictions\.npz", r"^eval_$|^eval_.*\.json$", r"^checkpoints$", r"^\.lock$",
+                    r"predictions\.npz", r"^eval_$|^eval_.*\.json$", r"^selection_", r"^checkpoints$", r"^\.lock$",
                     r"tfevents"]
 
 
