@@ -291,6 +291,19 @@ def combine(workdirs: list[str | Path], method: str = "vote") -> dict[str, Any]:
     }
 
 
+def sweep_table(workdir: str | Path) -> list[dict[str, Any]]:
+    """One row per member of a swept run: its swept values (by field name) and its validation
+    accuracy, the numbers to choose a value on; `plots.sweep` draws them. Refused for a run
+    without a sweep or before its evaluation."""
+    view = load_run(workdir)
+    members = (view.results or {}).get("members", [])
+    if not members or "swept" not in members[0]:
+        raise AnalysisError(f"{view.workdir} is not a finished sweep (no swept values in its "
+                            f"results.json); set config.sweep and let the run finish")
+    return [{"member": m["index"], **{k.split(".")[-1]: v for k, v in m["swept"].items()},
+             "val_accuracy": m["val_accuracy"]} for m in members]
+
+
 def select(workdirs: list[str | Path], method: str = "greedy", size: int = 10) -> dict[str, Any]:
     """An ensemble chosen from the members of one or more runs on the validation split
     (`selection.greedy` or `selection.top_k`), then scored on the test split once.

@@ -41,8 +41,11 @@ def default_config() -> ml_collections.ConfigDict:
     })
 
 
-def build(cfg: ml_collections.ConfigDict, *, test_time: bool = False) -> AugmentFn:
-    """Return `augment_fn(key, images) -> images` for a config section (see `default_config`).
+def build(cfg: ml_collections.ConfigDict, *, test_time: bool = False,
+          swept: tuple[str, ...] = ()) -> AugmentFn:
+    """Return `augment_fn(key, images, values=None) -> images` for a config section (see
+    `default_config`). `values` replaces fields by traced per-member scalars (a sweep's; the
+    `swept` fields count as on, whatever the section says).
 
     Applied in the order elastic, affine, crop, but composed into one map of output pixels to
     input positions and sampled once: one interpolation (blur), one gather. (Chaining `elastic`
@@ -50,12 +53,14 @@ def build(cfg: ml_collections.ConfigDict, *, test_time: bool = False) -> Augment
     into the second and recomputes it per corner.) `key` is split into (elastic, affine, crop)
     keys. With `test_time` the random crop becomes the centre crop; the rest stays random.
     """
-    c = _validated(cfg)
-    affine_on = any(c[f] for f in ("rotation", "shift", "shear", "zoom"))
-    if not (affine_on or c["elastic_alpha"] or c["crop"]):
-        return lambda key, images: images
+    static = _validated(cfg)
+    on = {f: bool(static[f]) or f in swept for f in _FIELDS}
+    affine_on = any(on[f] for f in ("rotation", "shift", "shear", "zoom"))
+    if not (affine_on or on["elastic_alpha"] or on["crop"]):
+        return lambda key, images, values=None: images
 
-    def augment_fn(key: jax.Array, images: jax.Array) -> jax.Array:
+    def augment_fn(key: jax.Array, images: jax.Array, values: dict | None = None) -> jax.Array:
+        c = {**static, **(values or {})}
         _check_images(images)
         k_elastic, k_affine, k_crop = jax.random.split(key, 3)
         batch, height, width = images.shape[:3]
@@ -69,7 +74,7 @@ def build(cfg: ml_collections.ConfigDict, *, test_time: bool = False) -> Augment
             matrix = crop if matrix is None else matrix @ crop  # inverse maps: crop runs first.
         coords = (_grid(height, width) if matrix is None else
                   _affine_coords(jnp.broadcast_to(matrix, (batch, 3, 3)), height, width))
-        if c["elastic_alpha"]:
+        if on["elastic_alpha"]:
             field = _elastic_field(k_elastic, batch, height, width, c["elastic_alpha"],
                                    c["elastic_sigma"])
             # The elastic warp comes first, so its displacement is read where the later maps land.

@@ -17,6 +17,11 @@ import ml_collections
 from mnist_jax import augment, optim
 
 MEMBER_STRATEGIES = ("auto", "vmap", "unroll")
+# Fields a sweep (`config.sweep`) may give each member its own value of: scalars the compiled
+# step reads from the member state, so all members still share one program. Anything that
+# changes shapes (the model, batch size, epochs) cannot differ between members of one step.
+SWEEPABLE = ("optim.learning_rate", "label_smoothing", "ema_decay", "augment.rotation",
+             "augment.shift", "augment.zoom", "augment.elastic_alpha")
 DATA_PARALLEL = ("auto", "on", "off")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
@@ -63,6 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
     # run trains its groups one after another, in name order (members of one architecture share a compiled step)
     # and is evaluated as one ensemble; empty: one group, this config itself.
     c.groups = ml_collections.ConfigDict()
+    # Sweep: per-member values of the SWEEPABLE fields, each a tuple of num_members values (member
+    # i takes value i; () = not swept), e.g. sweep.optim.learning_rate = (1e-3, 2e-3, 4e-3, 8e-3).
+    c.sweep = _empty_sweep()
     # Evaluation.
     c.eval_batch_size = 1000
     c.tta_samples = 0  # >0: average this many test-time-augmented passes (augment with test_time).
@@ -71,6 +79,61 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.log_every_steps = 50
     return c
+
+
+def _empty_sweep() -> ml_collections.ConfigDict:
+    sweep = ml_collections.ConfigDict()
+    for path in SWEEPABLE:
+        node = sweep
+        *parents, leaf = path.split(".")
+        for part in parents:
+            if part not in node:
+                node[part] = ml_collections.ConfigDict()
+            node = node[part]
+        node[leaf] = ()
+    return sweep
+
+
+def swept(config: ml_collections.ConfigDict) -> dict[str, tuple]:
+    """The swept fields of a config, path -> one value per member ({} without a sweep)."""
+    values = {}
+    for path in SWEEPABLE:
+        node = config.get("sweep", {})
+        for part in path.split("."):
+            node = node.get(part, ()) if hasattr(node, "get") else ()
+        if node:
+            values[path] = tuple(node)
+    return values
+
+
+def member_sweep(config: ml_collections.ConfigDict, index: int) -> dict[str, float]:
+    """Member `index`'s swept values, path -> value ({} without a sweep)."""
+    return {path: values[index] for path, values in swept(config).items()}
+
+
+def sweep_label(values: dict[str, float]) -> str:
+    """Swept values as TensorBoard and pictures name a member: 'learning_rate=0.002 rotation=10'."""
+    return " ".join(f"{path.split('.')[-1]}={value:g}" for path, value in values.items())
+
+
+def member_config(config: ml_collections.ConfigDict, index: int, *,
+                  exact: bool = False) -> ml_collections.ConfigDict:
+    """Member `index` of a (swept) config as a run of its own: one member, seed `seed + index`,
+    its swept values as plain fields, which train as the member did up to float rounding; with
+    `exact`, as a one-member sweep instead, which reads them as the sweep did (bitwise on the CPU)."""
+    member = config.copy_and_resolve_references()
+    for path, values in swept(config).items():
+        *parents, leaf = path.split(".")
+        node, sweep_node = member, member.sweep
+        for part in parents:
+            node, sweep_node = node[part], sweep_node[part]
+        if exact:
+            sweep_node[leaf] = (values[index],)
+        else:
+            node[leaf] = type(node[leaf])(values[index])
+            sweep_node[leaf] = ()
+    member.num_members, member.seed = 1, config.seed + index
+    return member
 
 
 def from_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -100,6 +163,9 @@ def unknown_field(config: ml_collections.ConfigDict, path: str) -> str | None:
     known = field_paths(config)
     if path in known or any(k.startswith(path + ".") for k in known):
         return None
+    if path.startswith("sweep.") and path[len("sweep."):] in known:
+        return (f"config: {path} cannot be swept: the members of one compiled step share shapes "
+                f"and structure; sweepable: {', '.join(SWEEPABLE)}")
     nearest = difflib.get_close_matches(path, known, n=1, cutoff=0.5)
     hint = f"did you mean {nearest[0]!r}?" if nearest else "see mnist_jax.config.base_config()"
     return f"config: unknown field {path!r}; {hint}"
@@ -139,6 +205,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.compute_dtype in COMPUTE_DTYPES,
          f"unknown compute_dtype {config.compute_dtype!r}; valid: {', '.join(COMPUTE_DTYPES)}")
     group_configs(config)  # the groups' own fields are checked by run.validate
+    for path, values in swept(config).items():
+        need(len(values) == config.num_members,
+             f"sweep.{path} has {len(values)} values for {config.num_members} members; give one per member")
+        need(all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values),
+             f"sweep.{path} must be numbers, got {values!r}")
+    if "optim.learning_rate" in swept(config):
+        need(config.optim.schedule.name != "piecewise",
+             "sweep.optim.learning_rate scales optim.learning_rate, which a piecewise schedule "
+             "does not use (its values are the rates); sweep with another schedule")
+    for i in range(config.num_members if swept(config) else 0):
+        try:
+            validate(member_config(config, i))
+        except ConfigError as e:
+            raise ConfigError(f"{e} (sweep, member {i})") from None
 
 
 # What every member of a grouped run shares: the data (so the ensemble is judged on one split)

@@ -26,6 +26,11 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MEMBER_AXIS = "members"
+# The per-member hyperparameters a train step reads from `state["hparams"]` when a sweep sets them
+# (else the step's own constants): the learning rate as a factor on the config's schedule, label
+# smoothing, the EMA decay, and the augmentation strengths.
+HPARAMS = ("lr_scale", "label_smoothing", "ema_decay", "rotation", "shift", "zoom", "elastic_alpha")
+AUGMENT_HPARAMS = ("rotation", "shift", "zoom", "elastic_alpha")
 DATA_AXIS = "data"
 # Evaluation holds at most this many (member, image) pairs per device at once, so a 35-member
 # committee on one device evaluates in batches of 228 images, not 35 x 1,000.
@@ -149,9 +154,11 @@ def _per_member(fn: Callable, strategy: str) -> Callable:
 
 
 def init_members(model: nn.Module, tx: optax.GradientTransformation, keys: jax.Array,
-                 sample: jax.Array, *, ema: bool, mesh: Mesh) -> State:
-    """Initial state of every member, laid out over the mesh."""
-    def init_one(key):
+                 sample: jax.Array, *, ema: bool, mesh: Mesh,
+                 hparams: dict[str, jax.Array] | None = None) -> State:
+    """Initial state of every member, laid out over the mesh. `hparams` (name -> [M] values) are
+    a sweep's per-member hyperparameters, which the train step reads from the state (HPARAMS)."""
+    def init_one(key, hparams):
         k_params, k_dropout = jax.random.split(jax.random.fold_in(key, _INIT))
         variables = model.init({"params": k_params, "dropout": k_dropout}, sample, train=False)
         params = variables["params"]
@@ -161,9 +168,10 @@ def init_members(model: nn.Module, tx: optax.GradientTransformation, keys: jax.A
             "opt_state": tx.init(params),
             "ema_params": params if ema else {},
             "key": key,
+            "hparams": hparams,
         }
     init_all = jax.jit(jax.vmap(init_one), out_shardings=member_sharding(mesh))
-    return _classic_threefry(init_all)(keys)
+    return _classic_threefry(init_all)(keys, {k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()})
 
 
 @_classic_threefry
@@ -215,7 +223,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, mesh:
     bodies at half the speed of the same step dispatched from Python, so 1 is the default there.
     The steps must stay within one epoch (`order`).
     """
-    def loss_fn(params, batch_stats, x, y, key, l1_mask):
+    def loss_fn(params, batch_stats, x, y, key, l1_mask, label_smoothing):
         logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, x,
                                       train=True, rngs={"dropout": key}, mutable=["batch_stats"])
         logits = logits.astype(jnp.float32)
@@ -236,17 +244,22 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, mesh:
         y = _split_batch(labels[idx], mesh)
         noise = jax.random.fold_in(jax.random.fold_in(member["key"], _NOISE), step)
         k_aug, k_dropout = jax.random.split(noise)
+        hparams = member["hparams"]  # a sweep's values; the keys present are fixed at trace time
         if augment_fn is not None:
-            x = augment_fn(k_aug, x)
+            x = augment_fn(k_aug, x, {k: hparams[k] for k in AUGMENT_HPARAMS if k in hparams})
         l1_mask = _l1_mask(member["params"], l1_params)
         (loss, (batch_stats, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            member["params"], member["batch_stats"], x, y, k_dropout, l1_mask)
+            member["params"], member["batch_stats"], x, y, k_dropout, l1_mask,
+            hparams.get("label_smoothing", label_smoothing))
         updates, opt_state = tx.update(grads, member["opt_state"], member["params"])
+        if "lr_scale" in hparams:  # every optimiser here is lr * direction: scale the update
+            updates = jax.tree.map(lambda u: u * hparams["lr_scale"], updates)
         params = optax.apply_updates(member["params"], updates)
         ema_params = member["ema_params"]
-        if ema_decay:  # warmed up as TF's ExponentialMovingAverage(num_updates=step): early
-            # evaluations average recent weights, not the initial ones (which BN stats don't fit).
-            decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+        if ema_decay or "ema_decay" in hparams:  # warmed up as TF's ExponentialMovingAverage(
+            # num_updates=step): early evaluations average recent weights, not the initial ones
+            # (which BN stats don't fit).
+            decay = jnp.minimum(hparams.get("ema_decay", ema_decay), (1.0 + step) / (10.0 + step))
             ema_params = optax.incremental_update(params, ema_params, 1.0 - decay)
         member = {**member, "params": params, "batch_stats": batch_stats, "opt_state": opt_state,
                   "ema_params": ema_params}

@@ -264,3 +264,23 @@ def reliability(path: PathLike, rel_dict: dict[str, np.ndarray]) -> str:
     bottom.set_ylabel("count")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def sweep(path: PathLike, rows: Sequence[dict[str, Any]]) -> str:
+    """Validation accuracy of each member against each swept field, one panel per field
+    (`analysis.sweep_table`'s rows: 'member', 'val_accuracy' and one key per swept field)."""
+    fields = [k for k in (rows[0] if rows else {}) if k not in ("member", "val_accuracy", "test_accuracy")]
+    if not fields:
+        return _message(path, "no swept fields")
+    fig = Figure(figsize=(3.2 * len(fields), 3.0))
+    for i, field in enumerate(fields):
+        ax = fig.add_subplot(1, len(fields), i + 1, sharey=fig.axes[0] if i else None)
+        ax.scatter([r[field] for r in rows], [100 * r["val_accuracy"] for r in rows], color="C0")
+        if all(r[field] > 0 for r in rows) and max(r[field] for r in rows) > 4 * min(r[field] for r in rows):
+            ax.set_xscale("log")
+        ax.set_xlabel(field)
+        ax.grid(alpha=0.3)
+    fig.axes[0].set_ylabel("validation accuracy (%)")
+    fig.suptitle("members of the sweep on validation", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

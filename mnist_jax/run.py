@@ -14,6 +14,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from mnist_jax import augment, checkpoint, config as config_lib, data, engine, models, optim, runfolder
 
@@ -80,6 +81,34 @@ def setup(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: 
     return Setup(config, model, tx, mesh, strategy)
 
 
+# Where each sweepable config field lives in the member state (engine.HPARAMS).
+_HPARAM_OF = {"optim.learning_rate": "lr_scale", "label_smoothing": "label_smoothing",
+              "ema_decay": "ema_decay", "augment.rotation": "rotation", "augment.shift": "shift",
+              "augment.zoom": "zoom", "augment.elastic_alpha": "elastic_alpha"}
+
+
+def member_hparams(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """A sweep's per-member values as the train step reads them ({} without a sweep); the
+    learning rate as a factor on the config's schedule."""
+    hparams = {}
+    for path, values in config_lib.swept(config).items():
+        values = np.asarray(values, np.float64)
+        if path == "optim.learning_rate":
+            values = values / config.optim.learning_rate
+        hparams[_HPARAM_OF[path]] = values.astype(np.float32)
+    return hparams
+
+
+def swept_augment(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The augment fields a sweep sets (on for the compiled step, per member in value)."""
+    return tuple(p.split(".")[1] for p in config_lib.swept(config) if p.startswith("augment."))
+
+
+def ema_on(config: ml_collections.ConfigDict) -> bool:
+    """Whether members keep an EMA of their parameters (and are evaluated with it)."""
+    return bool(config.ema_decay) or any(config_lib.swept(config).get("ema_decay", ()))
+
+
 def member_keys(setup: Setup) -> jax.Array:
     return engine.member_keys(setup.config.seed, setup.config.num_members)
 
@@ -94,7 +123,7 @@ def init_state(setup: Setup) -> State:
     c = setup.config
     sample = jnp.zeros((1, c.image_size, c.image_size, 1), jnp.float32)
     members = engine.init_members(setup.model, setup.tx, member_keys(setup), sample,
-                                  ema=bool(c.ema_decay), mesh=setup.mesh)
+                                  ema=ema_on(c), mesh=setup.mesh, hparams=member_hparams(c))
     return State(members, new_metrics(setup), 0, 0.0)
 
 
@@ -152,4 +181,4 @@ def predictor(setup: Setup, *, tta: bool = False) -> Callable:
     c = setup.config
     augment_fn = augment.build(c.augment, test_time=True) if tta else augment.eval_view(c.augment)
     return engine.make_predict(setup.model, mesh=setup.mesh, strategy=setup.strategy,
-                               use_ema=bool(c.ema_decay), augment_fn=augment_fn)
+                               use_ema=ema_on(c), augment_fn=augment_fn)

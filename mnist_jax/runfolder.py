@@ -36,7 +36,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from mnist_jax import metrics, plots
+from mnist_jax import config as config_lib, metrics, plots
 from mnist_jax.atomic import write_bytes, write_json
 
 PREDICTION_KEYS = ("probs", "labels", "tta_probs", "val_probs", "val_labels")
@@ -145,8 +145,12 @@ class MetricWriter:
     (`enabled`) touches files; every process logs.
     """
 
-    def __init__(self, workdir: Path, *, num_epochs: int, resume_epoch: int, enabled: bool):
+    def __init__(self, workdir: Path, *, num_epochs: int, resume_epoch: int, enabled: bool,
+                 member_labels: Sequence[str] = ()):
         self.workdir, self.num_epochs, self.enabled = workdir, num_epochs, enabled
+        # TensorBoard names member i 'member_i', plus its swept values when there are any.
+        self._members = [f"member_{i}_{label.replace(' ', '_')}" if label else f"member_{i}"
+                         for i, label in enumerate(member_labels)]
         self._tensorboard = None
         if enabled:
             kept = [r for r in read_metrics(workdir) if r["epoch"] <= resume_epoch]
@@ -171,11 +175,12 @@ class MetricWriter:
             return
         _write_metrics(self.workdir, [*read_metrics(self.workdir), record])
         for key, value in record.items():
-            if key in ("epoch", "step"):
+            if key in ("epoch", "step") or key.startswith("sweep."):  # a sweep's values are labels
                 continue
             if isinstance(value, list):
                 for member, v in enumerate(value):
-                    self._tensorboard.add_scalar(f"{key}/member_{member}", v, record["epoch"])
+                    name = self._members[member] if member < len(self._members) else f"member_{member}"
+                    self._tensorboard.add_scalar(f"{key}/{name}", v, record["epoch"])
                 value = float(np.mean(value))
                 key = f"{key}/mean"
             self._tensorboard.add_scalar(key, value, record["epoch"])
@@ -230,11 +235,14 @@ def read_results(workdir: Path) -> dict[str, Any] | None:
 
 def member_names(results: dict[str, Any]) -> list[str] | None:
     """'group (model)' of each member of a grouped run's results (just the model where the group
-    is named after it); None for an ungrouped run, whose members all share one model."""
-    if "groups" not in results:
-        return None
-    return [m["model"] if m["group"] == m["model"] else f"{m['group']} ({m['model']})"
-            for m in results["members"]]
+    is named after it); a sweep's members by their swept values; None for another run, whose
+    members all share one model and recipe."""
+    if "groups" in results:
+        return [m["model"] if m["group"] == m["model"] else f"{m['group']} ({m['model']})"
+                for m in results["members"]]
+    if any("swept" in m for m in results["members"]):  # a sweep: each member by its values
+        return [config_lib.sweep_label(m["swept"]) for m in results["members"]]
+    return None
 
 
 def predictions_path(workdir: Path) -> Path:

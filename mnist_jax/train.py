@@ -88,8 +88,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             logging.info("resumed from step %d (epoch %d)", state.step, state.step // steps_per_epoch)
         if primary:
             runfolder.write_config(workdir, config, train.class_names)
-        writer = runfolder.MetricWriter(workdir, num_epochs=config.num_epochs,
-                                        resume_epoch=state.step // steps_per_epoch, enabled=primary)
+        writer = runfolder.MetricWriter(
+            workdir, num_epochs=config.num_epochs, resume_epoch=state.step // steps_per_epoch,
+            enabled=primary, member_labels=[config_lib.sweep_label(config_lib.member_sweep(config, i))
+                                            for i in range(config.num_members)])
         predict = run_lib.predictor(setup)  # compiled once: validation every epoch, then test
         try:
             state = _train(setup, state, predict, workdir, train, val, writer, pool)
@@ -213,7 +215,7 @@ def _train(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdi
     common = dict(mesh=mesh, steps_per_epoch=steps_per_epoch, batch_size=config.batch_size,
                   label_smoothing=config.label_smoothing, l1=config.l1, l1_params=config.l1_params,
                   ema_decay=config.ema_decay, strategy=setup.strategy)
-    augment_fn = augment.build(config.augment)
+    augment_fn = augment.build(config.augment, swept=run_lib.swept_augment(config))
     steps_per_call = config.steps_per_call or engine.default_steps_per_call()
     programs = {(clean, k): engine.make_train_step(setup.model, setup.tx, steps_per_call=k,
                                                    augment_fn=None if clean else augment_fn, **common)
@@ -270,6 +272,8 @@ def _train(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdi
                 "train_accuracy": (sums["correct"] / np.maximum(sums["count"], 1)).tolist(),
                 "images_per_s": (step - start_step) * config.batch_size * num_members / epoch_time,
                 "wall_time_s": wall_time,
+                # A sweep's per-member values, so every per-member row says what it trained with.
+                **{f"sweep.{path}": list(values) for path, values in config_lib.swept(config).items()},
             }
             if validation is not None:
                 record.update(validation_record(validation.run(members)))
@@ -306,6 +310,7 @@ def _test(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdir
         "checkpoint_step": state.step,
         "members": [
             {"index": i, "model": config.model, "seed": config.seed + i,
+             **({"swept": config_lib.member_sweep(config, i)} if config_lib.swept(config) else {}),
              "val_accuracy": None if val_summary is None else val_summary["member_accuracy"][i],
              "test_accuracy": summary["test_member_accuracy"][i],
              "test_nll": summary["test_member_nll"][i]}

@@ -1,0 +1,109 @@
+"""Per-member hyperparameters (`config.sweep`): one compiled step for the whole sweep, and member i
+of a sweep trains as a run of its own with member i's values."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from mnist_jax import analysis, config as config_lib, plots, run as run_lib, train
+from train_helpers import REPO, final_state, load_config, small
+
+LEARNING_RATES = (0.001, 0.002, 0.004, 0.008)
+ROTATIONS = (0.0, 5.0, 10.0, 15.0)
+
+
+def swept_config():
+    config = small(load_config("quick"), num_members=4, num_epochs=1)
+    config.sweep.optim.learning_rate = LEARNING_RATES
+    config.sweep.augment.rotation = ROTATIONS
+    return config
+
+
+def _member(state: dict, i: int) -> dict:
+    return jax.tree.map(lambda a: a[i], {k: v for k, v in state.items() if k != "hparams"})
+
+
+@pytest.mark.slow
+def test_member_two_of_a_sweep_trains_as_a_run_of_its_own(mnist_dir, tmp_path):
+    """The quick config (AdamW) swept over 4 learning rates and rotations: member 2 equals, bitwise,
+    a one-member run reading its values the same way, and reaches what a plain run with those
+    values reaches (AdamW's sign-like first steps turn float rounding into visible differences;
+    the next test compares the states under SGD)."""
+    config = swept_config()
+    results = train.train_and_evaluate(config, tmp_path / "sweep")
+    assert [m["swept"] for m in results["members"]] == [
+        {"optim.learning_rate": lr, "augment.rotation": r} for lr, r in zip(LEARNING_RATES, ROTATIONS)]
+    exact = config_lib.member_config(config, 2, exact=True)
+    train.train_and_evaluate(exact, tmp_path / "exact")
+    swept_state, _ = final_state(tmp_path / "sweep", config)
+    exact_state, _ = final_state(tmp_path / "exact", exact)
+    for a, b in zip(jax.tree.leaves(_member(swept_state, 2)), jax.tree.leaves(_member(exact_state, 0))):
+        np.testing.assert_array_equal(a, b)
+
+    plain = config_lib.member_config(config, 2)
+    assert (plain.seed, plain.optim.learning_rate, plain.augment.rotation) == (2, 0.004, 10.0)
+    assert not config_lib.swept(plain)
+    plain_results = train.train_and_evaluate(plain, tmp_path / "plain")
+    assert abs(results["members"][2]["val_accuracy"] - plain_results["members"][0]["val_accuracy"]) <= 0.004
+
+    rows = analysis.sweep_table(tmp_path / "sweep")
+    assert [(r["member"], r["learning_rate"], r["rotation"]) for r in rows] == \
+        [(i, lr, rot) for i, (lr, rot) in enumerate(zip(LEARNING_RATES, ROTATIONS))]
+    assert [r["val_accuracy"] for r in rows] == [m["val_accuracy"] for m in results["members"]]
+    picture = Path(plots.sweep(tmp_path / "sweep.png", rows))
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(analysis.AnalysisError, match="is not a finished sweep"):
+        analysis.sweep_table(tmp_path / "plain")
+    records = [json.loads(line) for line in (tmp_path / "sweep" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["sweep.optim.learning_rate"] == list(LEARNING_RATES)
+
+
+@pytest.mark.slow
+def test_swept_values_train_as_plain_fields_to_float_rounding(mnist_dir, tmp_path):
+    """Under SGD (no amplification of rounding) member 2 of a learning-rate, rotation and
+    label-smoothing sweep and a plain run with its values end with the same state."""
+    config = swept_config()
+    config.sweep.label_smoothing = (0.0, 0.05, 0.1, 0.2)
+    config.optim.name, config.optim.weight_decay = "sgd", 0.0
+    train.train_and_evaluate(config, tmp_path / "sweep")
+    plain = config_lib.member_config(config, 2)
+    train.train_and_evaluate(plain, tmp_path / "plain")
+    swept_state, _ = final_state(tmp_path / "sweep", config)
+    plain_state, _ = final_state(tmp_path / "plain", plain)
+    for a, b in zip(jax.tree.leaves(_member(swept_state, 2)), jax.tree.leaves(_member(plain_state, 0))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_every_member_is_in_one_program_and_reads_its_values_from_the_state():
+    config = swept_config()
+    hparams = run_lib.member_hparams(config)
+    np.testing.assert_allclose(hparams["lr_scale"], np.array(LEARNING_RATES) / config.optim.learning_rate,
+                               rtol=1e-6)
+    np.testing.assert_array_equal(hparams["rotation"], np.array(ROTATIONS, np.float32))
+    assert run_lib.swept_augment(config) == ("rotation",)
+    assert config_lib.sweep_label(config_lib.member_sweep(config, 1)) == "learning_rate=0.002 rotation=5"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.sweep.optim.learning_rate=(1e-3, 2e-3)",
+     "sweep.optim.learning_rate has 2 values for 4 members; give one per member"),
+    ("--config.sweep.batch_size=(32, 64, 64, 64)", "sweep.batch_size cannot be swept"),
+    ("--config.sweep.num_epochs=(1, 2, 3, 4)", "sweep.num_epochs cannot be swept"),
+    ("--config.sweep.dropout=(0.1, 0.2, 0.3, 0.4)", "unknown field 'sweep.dropout'"),
+    ("--config.sweep.label_smoothing=(0.1, 0.2, 1.5, 0.0)",
+     "label_smoothing must be in \\[0, 1\\), got 1.5 \\(sweep, member 2\\)"),
+])
+def test_bad_sweeps_are_refused_in_one_line(override, message):
+    done = subprocess.run([sys.executable, "-m", "mnist_jax.main", "--config=configs/quick.py",
+                           "--workdir=/nonexistent/never", override], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mnist_jax: error:"), done.stderr
+    assert re.search(message, lines[0]), lines[0]
