@@ -131,7 +131,7 @@ def _initial_state(name: str, overrides: tuple, members: int) -> tuple:
 
 @functools.lru_cache(maxsize=None)
 def _train_step(name: str, overrides: tuple, members: int, batch: int, steps: int, strategy: str,
-                augment_items: tuple | None) -> tuple:
+                augment_items: tuple | None, steps_per_call: int = 1) -> tuple:
     model, tx, mesh, _ = _initial_state(name, overrides, members)
     images, labels = (engine.put_replicated(a, mesh) for a in _synthetic_data())
     keys = engine.member_keys(0, members)
@@ -142,33 +142,42 @@ def _train_step(name: str, overrides: tuple, members: int, batch: int, steps: in
         ml_collections.ConfigDict(dict(augment_items)))
     train_step = engine.make_train_step(
         model, tx, mesh=mesh, augment_fn=augment_fn, steps_per_epoch=steps, batch_size=batch,
-        label_smoothing=0.0, l1=0.0, l1_params="head/kernel", ema_decay=0.0, strategy=strategy)
+        label_smoothing=0.0, l1=0.0, l1_params="head/kernel", ema_decay=0.0, strategy=strategy,
+        steps_per_call=steps_per_call)
     return images, labels, order, train_step
 
 
 def jax_timer(spec: Spec, *, batch: int, members: int, steps: int, warmup: int, strategy: str,
-              augment_cfg: dict | None = None, dtype: str = "float32") -> Timer:
-    """Warmed up (compiled, then `warmup` steps): each call times `steps` real engine steps."""
+              augment_cfg: dict | None = None, dtype: str = "float32",
+              steps_per_call: int = 1, hparams: dict[str, Sequence[float]] | None = None) -> Timer:
+    """Warmed up (compiled, then `warmup` calls): each call times `steps` real engine steps,
+    `steps_per_call` of them per compiled call (a device loop; `steps` must be a multiple).
+    `hparams` (engine.HPARAMS name -> one value per member) trains a sweep: the step reads them
+    from the member state."""
+    if steps % steps_per_call:
+        raise ValueError(f"steps ({steps}) must be a multiple of steps_per_call ({steps_per_call})")
     name, overrides = spec[0], _model_fields(spec, dtype)
     _, _, mesh, state = _initial_state(name, overrides, members)
     images, labels, order, train_step = _train_step(
         name, overrides, members, batch, steps, strategy,
-        None if augment_cfg is None else tuple(augment_cfg.items()))
+        None if augment_cfg is None else tuple(augment_cfg.items()), steps_per_call)
     state = jax.tree.map(jnp.copy, state)  # the step donates its state; keep the cached one.
+    if hparams:
+        state["hparams"] = jax.device_put({k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()},
+                                          engine.member_sharding(mesh))
     metrics = jax.device_put(engine.new_metrics(members), engine.member_sharding(mesh))
 
-    step = 0
-    def run(count: int) -> float:
+    step = jnp.int32(0)  # then counted on the device, as the train loop does
+    def run(calls: int) -> float:
         nonlocal state, metrics, step
         start = time.perf_counter()
-        for _ in range(count):
-            state, metrics = train_step(state, metrics, jnp.int32(step), images, labels, order)
-            step += 1
+        for _ in range(calls):
+            state, metrics, step = train_step(state, metrics, step, images, labels, order)
         jax.block_until_ready((state, metrics))
         return time.perf_counter() - start
 
     run(1 + warmup)  # the first call compiles.
-    return lambda: run(steps)
+    return lambda: run(steps // steps_per_call)
 
 
 def input_timer(*, batch: int, steps: int, warmup: int, augment_cfg: dict | None) -> Timer:
@@ -199,8 +208,9 @@ def input_timer(*, batch: int, steps: int, warmup: int, augment_cfg: dict | None
 
 
 def torch_timer(spec: Spec, *, batch: int, steps: int, warmup: int, channels_last: bool,
-                dtype: str = "float32") -> Timer:
-    """The PyTorch twin of `jax_timer` for one member."""
+                dtype: str = "float32", device: str = "cpu") -> Timer:
+    """The PyTorch twin of `jax_timer` for one member, on `device` ('cpu' or 'cuda'); on CUDA
+    each repeat ends with `torch.cuda.synchronize`, as `jax_timer`'s ends by blocking."""
     import torch
     import torch_peer
     from torch.nn import functional as F
@@ -212,14 +222,15 @@ def torch_timer(spec: Spec, *, batch: int, steps: int, warmup: int, channels_las
         raise RuntimeError(f"torch_peer {spec_label(spec)} has {torch_count:,} parameters, the Flax "
                            f"model {flax_count:,}; fix the layer shapes in experiments/torch_peer.py")
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=layout).train()
+    dev = torch.device(device)
+    model = model.to(device=dev, memory_format=layout).train()
     opt = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, eps=ADAM_EPS, fused=True)
     images, labels = _synthetic_data()
-    images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW.
-    labels = torch.from_numpy(labels).long()
-    perm = torch.randperm(TRAIN_SIZE)[: steps * batch]
-    loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+    images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(dev)  # uint8 NCHW.
+    labels = torch.from_numpy(labels).long().to(dev)
+    perm = torch.randperm(TRAIN_SIZE)[: steps * batch].to(dev)
+    loss_sum, correct = torch.zeros((), device=dev), torch.zeros((), dtype=torch.long, device=dev)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
     step = 0
     def run(count: int) -> float:
@@ -239,6 +250,8 @@ def torch_timer(spec: Spec, *, batch: int, steps: int, warmup: int, channels_las
             loss_sum = loss_sum + loss.detach()
             correct = correct + (logits.detach().argmax(1) == y).sum()
             step += 1
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
         return time.perf_counter() - start
 
     run(1 + warmup)
@@ -254,7 +267,8 @@ def alternate(runs: dict[str, Timer], repeats: int) -> dict[str, list[float]]:
     return times
 
 
-def compare(specs: Sequence[Spec], batches: Sequence[int], args) -> list[dict[str, Any]]:
+def compare(specs: Sequence[Spec], batches: Sequence[int], args,
+            torch_device: str = "cpu") -> list[dict[str, Any]]:
     rows = []
     for spec in specs:
         params = param_count(spec)
@@ -265,7 +279,8 @@ def compare(specs: Sequence[Spec], batches: Sequence[int], args) -> list[dict[st
             runs = {"jax": jax_timer(spec, members=1, strategy=args.strategy, **common)}
             layout = None
             if not args.no_torch:
-                probes = {cl: torch_timer(spec, channels_last=cl, **common) for cl in (False, True)}
+                probes = {cl: torch_timer(spec, channels_last=cl, device=torch_device, **common)
+                          for cl in (False, True)}
                 probe = {cl: run() for cl, run in probes.items()}
                 layout = probe[True] < probe[False]
                 runs["torch"] = probes[layout]
@@ -317,6 +332,32 @@ def input_share(specs: Sequence[Spec], args) -> list[dict[str, Any]]:
     return rows
 
 
+# The sweep of the cost table: each member its own learning rate, label smoothing and rotation,
+# against the same step with one value for all (augmented with rotation either way).
+SWEEP_AUGMENT = {"rotation": 10.0}
+
+
+def sweep_cost(specs: Sequence[Spec], members: int, args) -> list[dict[str, Any]]:
+    """The speed of a swept step (per-member values read from the state) over the same step
+    without a sweep, timed alternately."""
+    rows = []
+    for spec in specs:
+        print(f"sweep cost {spec_label(spec)} M={members} ...", file=sys.stderr, flush=True)
+        spread = np.linspace(0.5, 2.0, members)
+        common = dict(batch=args.scaling_batch, members=members, steps=args.steps, warmup=args.warmup,
+                      strategy=args.strategy, dtype=args.dtype, augment_cfg=SWEEP_AUGMENT)
+        runs = {"plain": jax_timer(spec, **common),
+                "swept": jax_timer(spec, hparams={"lr_scale": spread, "label_smoothing": spread / 20,
+                                                  "rotation": 10.0 * spread}, **common)}
+        times = {k: statistics.median(t) for k, t in alternate(runs, args.repeats).items()}
+        rows.append({"model": spec_label(spec), "batch": args.scaling_batch, "members": members,
+                     "swept": ["learning_rate", "label_smoothing", "augment.rotation"],
+                     "plain_images_per_s": members * args.scaling_batch * args.steps / times["plain"],
+                     "swept_images_per_s": members * args.scaling_batch * args.steps / times["swept"],
+                     "ratio_swept_over_plain": times["plain"] / times["swept"]})
+    return rows
+
+
 def markdown(results: dict[str, Any]) -> str:
     def num(v, places=0):
         return "-" if v is None else metrics.truncated(v, places)
@@ -337,6 +378,12 @@ def markdown(results: dict[str, Any]) -> str:
               f"({r['batching_share']:.0%}) | {r['step_augmented_ms']:.2f} | "
               f"{r['batching_augment_ms']:.2f} ({r['batching_augment_share']:.0%}) |"
               for r in results["input_share"]]
+    if results.get("sweep_cost"):  # JSONs from before the sweep have none
+        lines += ["", "| model | batch | members | plain img/s | swept img/s | swept / plain |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {r['model']} | {r['batch']} | {r['members']} | {num(r['plain_images_per_s'])} | "
+                  f"{num(r['swept_images_per_s'])} | {num(r['ratio_swept_over_plain'], 2)} |"
+                  for r in results["sweep_cost"]]
     return "\n".join(lines)
 
 
@@ -369,6 +416,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    default=[parse_spec("tiny20k"), parse_spec("resnet_committee")],
                    help=f"models for the input-share table, with their recipe's augmentation "
                         f"({', '.join(AUGMENTS)}; '' to skip)")
+    p.add_argument("--sweep-models", type=_specs, default=[parse_spec("tiny20k")],
+                   help="models for the sweep-cost table: a swept step against a plain one ('' to skip)")
+    p.add_argument("--sweep-members", type=int, default=4, help="members of the sweep-cost table")
     p.add_argument("--scaling-batch", type=int, default=128,
                    help="batch of the scaling and input-share tables")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per side (median reported)")
@@ -396,7 +446,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                 "comparison", "scaling", "input_share"} <= set(args.table_results):
             p.error(f"--table {args.table}: not a JSON written by this script")
         return args
-    for flag in ("repeats", "steps", "scaling_batch", "torch_threads"):
+    for flag in ("repeats", "steps", "scaling_batch", "torch_threads", "sweep_members"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.warmup < 0:
@@ -441,7 +491,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results = {"meta": meta,
                "comparison": compare(args.models, args.batches, args),
                "scaling": scaling(args.scaling_models, args.members, args),
-               "input_share": input_share(args.augment_models, args)}
+               "input_share": input_share(args.augment_models, args),
+               "sweep_cost": sweep_cost(args.sweep_models, args.sweep_members, args)}
     meta["load_average_after"] = os.getloadavg()  # well above 0 means other work skewed the times.
     print(markdown(results))
     with open(args.out, "w") as f:

@@ -19,7 +19,8 @@ def bench(experiment):
 
 def test_jax_side_writes_json(bench, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    bench.main([*TINY, "--members", "1", "--augment-models", "tiny20k", "--no-torch", "--out", str(out)])
+    bench.main([*TINY, "--members", "1", "--augment-models", "tiny20k", "--sweep-members", "2",
+                "--no-torch", "--out", str(out)])
     results = json.loads(out.read_text())
     (row,) = results["comparison"]
     assert (row["model"], row["params"], row["batch"]) == ("tiny20k", 15578, 8)
@@ -29,6 +30,10 @@ def test_jax_side_writes_json(bench, tmp_path: Path) -> None:
     (share,) = results["input_share"]
     assert share["augment"] == {"rotation": 10.0, "shift": 0.1}
     assert share["batching_share"] == pytest.approx(share["batching_ms"] / share["step_ms"])
+    (sweep,) = results["sweep_cost"]
+    assert (sweep["model"], sweep["members"]) == ("tiny20k", 2) and sweep["swept_images_per_s"] > 0
+    assert sweep["ratio_swept_over_plain"] == pytest.approx(
+        sweep["swept_images_per_s"] / sweep["plain_images_per_s"])
 
 
 def test_torch_side_matches_and_is_timed(bench, tmp_path: Path) -> None:
