@@ -218,9 +218,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, mesh:
 
     Steps `step .. step + steps_per_call - 1` of every member, each reading its batch from the
     on-device uint8 dataset through the epoch `order`; `next` is the device-side step counter to
-    pass back, so nothing is uploaded from the host per call. Several steps per call (a device
-    loop) save an accelerator the host's dispatch gaps; on the CPU, XLA ran `scan`/`fori_loop`
-    bodies at half the speed of the same step dispatched from Python, so 1 is the default there.
+    pass back, so nothing is uploaded from the host per call. Several steps per call (a
+    `fori_loop` on the device) spare the step the host's dispatch gaps (`default_steps_per_call`).
     The steps must stay within one epoch (`order`).
     """
     def loss_fn(params, batch_stats, x, y, key, l1_mask, label_smoothing):
@@ -307,8 +306,10 @@ def make_predict(model: nn.Module, *, mesh: Mesh, strategy: str, use_ema: bool,
 
 
 def default_steps_per_call() -> int:
-    """1 on every backend until measured otherwise: on the CPU a device loop ran the step at half
-    speed; on GPU/TPU `experiments/accelerator_check.py` measures 1, 4 and 16."""
+    """1 until measured on the machines whose budgets count: on a Zen 4 CPU 4 steps a call trained
+    tiny20k 1.15-1.24x and deotte 1.01x faster (experiments/results/speed.md), not yet measured
+    on the Zen 3, and each K adds a compiled program; on GPU/TPU `experiments/accelerator_check.py`
+    measures 1, 4 and 16."""
     return 1
 
 
