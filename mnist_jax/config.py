@@ -20,7 +20,7 @@ MEMBER_STRATEGIES = ("auto", "vmap", "unroll")
 # Fields a sweep (`config.sweep`) may give each member its own value of: scalars the compiled
 # step reads from the member state, so all members still share one program. Anything that
 # changes shapes (the model, batch size, epochs) cannot differ between members of one step.
-SWEEPABLE = ("optim.learning_rate", "label_smoothing", "ema_decay", "augment.rotation",
+SWEEPABLE = ("optim.learning_rate", "optim.weight_decay", "label_smoothing", "ema_decay", "augment.rotation",
              "augment.shift", "augment.zoom", "augment.elastic_alpha")
 DATA_PARALLEL = ("auto", "on", "off")
 COMPUTE_DTYPES = ("float32", "bfloat16")

@@ -98,15 +98,24 @@ def make_schedules(cfg: Config, *, steps_per_epoch: int, num_epochs: int) -> dic
     return schedules
 
 
-def build(cfg: Config, *, steps_per_epoch: int, num_epochs: int) -> optax.GradientTransformation:
-    """The optimiser, with the LR and b1 (sgd: momentum) injected into its state by optax."""
+def build(cfg: Config, *, steps_per_epoch: int, num_epochs: int,
+          inject_weight_decay: bool = False) -> optax.GradientTransformation:
+    """The optimiser, with the LR and b1 (sgd: momentum) injected into its state by optax; with
+    `inject_weight_decay` the weight decay too, so each member of a sweep can hold its own
+    (`set_weight_decay`)."""
     cfg = _resolve(cfg, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
     schedules = make_schedules(cfg, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
     momentum_name = _momentum_name(cfg.name)
     factory = functools.partial(_sgd if cfg.name == "sgd" else _adam_family, cfg=cfg)
+    injected = {"weight_decay": cfg.weight_decay} if inject_weight_decay else {}
     return optax.inject_hyperparams(factory)(
         learning_rate=schedules["learning_rate"],
-        **{momentum_name: schedules.get(momentum_name, cfg[momentum_name])})
+        **{momentum_name: schedules.get(momentum_name, cfg[momentum_name])}, **injected)
+
+
+def set_weight_decay(opt_state: optax.OptState, weight_decay: jax.Array) -> optax.OptState:
+    """The state of an optimiser built with `inject_weight_decay`, holding `weight_decay`."""
+    return optax.tree_utils.tree_set(opt_state, weight_decay=weight_decay)
 
 
 def current_learning_rate(opt_state: optax.OptState) -> jax.Array:
@@ -119,18 +128,23 @@ def current_learning_rate(opt_state: optax.OptState) -> jax.Array:
     return lr
 
 
-def _adam_family(learning_rate, b1, *, cfg) -> optax.GradientTransformation:
+def _adam_family(learning_rate, b1, weight_decay=None, *, cfg) -> optax.GradientTransformation:
     adam = optax.scale_by_adam(b1, cfg.b2, cfg.eps, nesterov=cfg.name == "nadam")
-    return _chain(cfg, learning_rate, adam)
+    return _chain(cfg, learning_rate, adam, weight_decay)
 
 
-def _sgd(learning_rate, momentum, *, cfg) -> optax.GradientTransformation:
-    return _chain(cfg, learning_rate, optax.trace(decay=momentum, nesterov=cfg.nesterov))
+def _sgd(learning_rate, momentum, weight_decay=None, *, cfg) -> optax.GradientTransformation:
+    return _chain(cfg, learning_rate, optax.trace(decay=momentum, nesterov=cfg.nesterov), weight_decay)
 
 
-def _chain(cfg, learning_rate, moments: optax.GradientTransformation) -> optax.GradientTransformation:
-    """clip -> coupled L2 (not adamw) -> moments -> decoupled decay (adamw) -> -LR scale."""
-    decay = [optax.add_decayed_weights(cfg.weight_decay)] if cfg.weight_decay > 0 else []
+def _chain(cfg, learning_rate, moments: optax.GradientTransformation,
+           weight_decay=None) -> optax.GradientTransformation:
+    """clip -> coupled L2 (not adamw) -> moments -> decoupled decay (adamw) -> -LR scale.
+    `weight_decay`: an injected (per-member) value, else the config's."""
+    if weight_decay is None:
+        decay = [optax.add_decayed_weights(cfg.weight_decay)] if cfg.weight_decay > 0 else []
+    else:
+        decay = [optax.add_decayed_weights(weight_decay)]
     coupled, decoupled = ([], decay) if cfg.name == "adamw" else (decay, [])
     clip = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
     return optax.chain(*clip, *coupled, moments, *decoupled, optax.scale_by_learning_rate(learning_rate))

@@ -51,6 +51,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     models.get(config.model, **config.model_overrides.to_dict())
     augment.build(config.augment)
     optim.build(config.optim, steps_per_epoch=1, num_epochs=config.num_epochs)
+    for i in range(config.num_members if config_lib.swept(config) else 0):  # each member's values
+        member = config_lib.member_config(config, i)
+        try:
+            augment.build(member.augment)
+            optim.build(member.optim, steps_per_epoch=1, num_epochs=config.num_epochs)
+        except ValueError as e:
+            raise config_lib.ConfigError(f"{e} (sweep, member {i})") from None
 
 
 def load_split(config: ml_collections.ConfigDict, split: str) -> data.Dataset:
@@ -72,7 +79,8 @@ def setup(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: 
     dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
     model = models.get(config.model, num_classes=num_classes, dtype=dtype,
                        **config.model_overrides.to_dict())
-    tx = optim.build(config.optim, steps_per_epoch=steps_per_epoch, num_epochs=config.num_epochs)
+    tx = optim.build(config.optim, steps_per_epoch=steps_per_epoch, num_epochs=config.num_epochs,
+                     inject_weight_decay="optim.weight_decay" in config_lib.swept(config))
     strategy = engine.default_strategy() if config.member_strategy == "auto" else config.member_strategy
     data_parallel = (engine.data_parallel_default() if config.data_parallel == "auto"
                      else config.data_parallel == "on")
@@ -81,7 +89,8 @@ def setup(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: 
     return Setup(config, model, tx, mesh, strategy)
 
 
-# Where each sweepable config field lives in the member state (engine.HPARAMS).
+# Where each sweepable config field lives in the member state (engine.HPARAMS); the weight decay
+# lives in the optimiser's state (optim.set_weight_decay).
 _HPARAM_OF = {"optim.learning_rate": "lr_scale", "label_smoothing": "label_smoothing",
               "ema_decay": "ema_decay", "augment.rotation": "rotation", "augment.shift": "shift",
               "augment.zoom": "zoom", "augment.elastic_alpha": "elastic_alpha"}
@@ -92,6 +101,8 @@ def member_hparams(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     learning rate as a factor on the config's schedule."""
     hparams = {}
     for path, values in config_lib.swept(config).items():
+        if path not in _HPARAM_OF:
+            continue
         values = np.asarray(values, np.float64)
         if path == "optim.learning_rate":
             values = values / config.optim.learning_rate
@@ -124,6 +135,10 @@ def init_state(setup: Setup) -> State:
     sample = jnp.zeros((1, c.image_size, c.image_size, 1), jnp.float32)
     members = engine.init_members(setup.model, setup.tx, member_keys(setup), sample,
                                   ema=ema_on(c), mesh=setup.mesh, hparams=member_hparams(c))
+    if "optim.weight_decay" in config_lib.swept(c):
+        decay = jax.device_put(jnp.asarray(config_lib.swept(c)["optim.weight_decay"], jnp.float32),
+                               engine.member_sharding(setup.mesh))
+        members = {**members, "opt_state": optim.set_weight_decay(members["opt_state"], decay)}
     return State(members, new_metrics(setup), 0, 0.0)
 
 

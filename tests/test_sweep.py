@@ -66,17 +66,22 @@ def test_member_two_of_a_sweep_trains_as_a_run_of_its_own(mnist_dir, tmp_path):
 
 @pytest.mark.slow
 def test_swept_values_train_as_plain_fields_to_float_rounding(mnist_dir, tmp_path):
-    """Under SGD (no amplification of rounding) member 2 of a learning-rate, rotation and
-    label-smoothing sweep and a plain run with its values end with the same state."""
+    """Under SGD (no amplification of rounding) member 2 of a learning-rate, rotation,
+    label-smoothing and weight-decay sweep and a plain run with its values end with the same state
+    (the sweep's weight decay lives in the optimiser state, the plain run's in its code)."""
     config = swept_config()
     config.sweep.label_smoothing = (0.0, 0.05, 0.1, 0.2)
+    config.sweep.optim.weight_decay = (0.0, 1e-4, 1e-2, 1e-3)
     config.optim.name, config.optim.weight_decay = "sgd", 0.0
     train.train_and_evaluate(config, tmp_path / "sweep")
     plain = config_lib.member_config(config, 2)
     train.train_and_evaluate(plain, tmp_path / "plain")
     swept_state, _ = final_state(tmp_path / "sweep", config)
     plain_state, _ = final_state(tmp_path / "plain", plain)
-    for a, b in zip(jax.tree.leaves(_member(swept_state, 2)), jax.tree.leaves(_member(plain_state, 0))):
+    assert plain.optim.weight_decay == 1e-2
+    swept_member = _member({**swept_state, "opt_state": swept_state["opt_state"].inner_state}, 2)
+    plain_member = _member({**plain_state, "opt_state": plain_state["opt_state"].inner_state}, 0)
+    for a, b in zip(jax.tree.leaves(swept_member), jax.tree.leaves(plain_member)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -96,6 +101,8 @@ def test_every_member_is_in_one_program_and_reads_its_values_from_the_state():
     ("--config.sweep.batch_size=(32, 64, 64, 64)", "sweep.batch_size cannot be swept"),
     ("--config.sweep.num_epochs=(1, 2, 3, 4)", "sweep.num_epochs cannot be swept"),
     ("--config.sweep.dropout=(0.1, 0.2, 0.3, 0.4)", "unknown field 'sweep.dropout'"),
+    ("--config.sweep.optim.weight_decay=(0.0, 1e-4, -1e-3, 0.0)",
+     "weight_decay must be a number >= 0.0, got -0.001 \\(sweep, member 2\\)"),
     ("--config.sweep.label_smoothing=(0.1, 0.2, 1.5, 0.0)",
      "label_smoothing must be in \\[0, 1\\), got 1.5 \\(sweep, member 2\\)"),
 ])
