@@ -157,7 +157,8 @@ def init_members(model: nn.Module, tx: optax.GradientTransformation, keys: jax.A
                  sample: jax.Array, *, ema: bool, mesh: Mesh,
                  hparams: dict[str, jax.Array] | None = None) -> State:
     """Initial state of every member, laid out over the mesh. `hparams` (name -> [M] values) are
-    a sweep's per-member hyperparameters, which the train step reads from the state (HPARAMS)."""
+    a sweep's per-member hyperparameters, which the train step reads from the state (HPARAMS);
+    without a sweep the state has no `hparams` (so checkpoints from before sweeps still load)."""
     def init_one(key, hparams):
         k_params, k_dropout = jax.random.split(jax.random.fold_in(key, _INIT))
         variables = model.init({"params": k_params, "dropout": k_dropout}, sample, train=False)
@@ -168,7 +169,7 @@ def init_members(model: nn.Module, tx: optax.GradientTransformation, keys: jax.A
             "opt_state": tx.init(params),
             "ema_params": params if ema else {},
             "key": key,
-            "hparams": hparams,
+            **({"hparams": hparams} if hparams else {}),
         }
     init_all = jax.jit(jax.vmap(init_one), out_shardings=member_sharding(mesh))
     return _classic_threefry(init_all)(keys, {k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()})
@@ -243,7 +244,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, mesh:
         y = _split_batch(labels[idx], mesh)
         noise = jax.random.fold_in(jax.random.fold_in(member["key"], _NOISE), step)
         k_aug, k_dropout = jax.random.split(noise)
-        hparams = member["hparams"]  # a sweep's values; the keys present are fixed at trace time
+        hparams = member.get("hparams", {})  # a sweep's values; which ones is fixed at trace time
         if augment_fn is not None:
             x = augment_fn(k_aug, x, {k: hparams[k] for k in AUGMENT_HPARAMS if k in hparams})
         l1_mask = _l1_mask(member["params"], l1_params)

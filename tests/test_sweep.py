@@ -114,3 +114,14 @@ def test_bad_sweeps_are_refused_in_one_line(override, message):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mnist_jax: error:"), done.stderr
     assert re.search(message, lines[0]), lines[0]
+
+
+def test_a_run_without_a_sweep_keeps_the_checkpoint_layout_of_older_runs():
+    """Run folders checkpointed before sweeps existed resume: without a sweep the member state
+    has exactly their leaves; a sweep adds its values."""
+    plain = load_config("quick")
+    plain.num_members = 2
+    keys = sorted(run_lib.init_state(run_lib.setup(plain, 10, steps_per_epoch=1)).members)
+    assert keys == ["batch_stats", "ema_params", "key", "opt_state", "params"]
+    swept = run_lib.init_state(run_lib.setup(swept_config(), 10, steps_per_epoch=1)).members
+    assert sorted(swept["hparams"]) == ["lr_scale", "rotation"]
