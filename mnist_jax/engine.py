@@ -256,9 +256,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, mesh:
             updates = jax.tree.map(lambda u: u * hparams["lr_scale"], updates)
         params = optax.apply_updates(member["params"], updates)
         ema_params = member["ema_params"]
-        if ema_decay or "ema_decay" in hparams:  # warmed up as TF's ExponentialMovingAverage(
-            # num_updates=step): early evaluations average recent weights, not the initial ones
-            # (which BN stats don't fit).
+        if ema_params:  # kept when ema_decay (or a swept one) is on; warmed up as TF's
+            # ExponentialMovingAverage(num_updates=step): early evaluations average recent
+            # weights, not the initial ones (which BN stats don't fit).
             decay = jnp.minimum(hparams.get("ema_decay", ema_decay), (1.0 + step) / (10.0 + step))
             ema_params = optax.incremental_update(params, ema_params, 1.0 - decay)
         member = {**member, "params": params, "batch_stats": batch_stats, "opt_state": opt_state,

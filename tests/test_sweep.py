@@ -125,3 +125,17 @@ def test_a_run_without_a_sweep_keeps_the_checkpoint_layout_of_older_runs():
     assert keys == ["batch_stats", "ema_params", "key", "opt_state", "params"]
     swept = run_lib.init_state(run_lib.setup(swept_config(), 10, steps_per_epoch=1)).members
     assert sorted(swept["hparams"]) == ["lr_scale", "rotation"]
+
+
+@pytest.mark.slow
+def test_a_swept_ema_decay_of_zero_follows_the_weights(mnist_dir, tmp_path):
+    """Members keep an EMA when any member's decay is above 0; a member whose decay is 0 averages
+    nothing (its EMA is its weights), another's lags behind."""
+    config = small(load_config("quick"), num_members=2, num_epochs=1)
+    config.sweep.ema_decay = (0.0, 0.99)
+    train.train_and_evaluate(config, tmp_path / "run")
+    state, _ = final_state(tmp_path / "run", config)
+    for ema, params in zip(jax.tree.leaves(state["ema_params"]), jax.tree.leaves(state["params"])):
+        np.testing.assert_array_equal(ema[0], params[0])
+    assert any(not np.allclose(e[1], p[1]) for e, p in zip(jax.tree.leaves(state["ema_params"]),
+                                                           jax.tree.leaves(state["params"])))
