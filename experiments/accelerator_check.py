@@ -72,7 +72,7 @@ import numpy as np  # noqa: E402
 
 import bench_throughput as bench  # noqa: E402  (next to this script)
 import model_table  # noqa: E402
-from mnist_jax import config as config_lib, engine, lowering, metrics, models, platform  # noqa: E402
+from mnist_jax import config as config_lib, engine, lowering, metrics, models, platform, runfolder  # noqa: E402
 from mnist_jax.atomic import write_bytes, write_json  # noqa: E402
 from mnist_jax.data import idx, mnist  # noqa: E402
 
@@ -181,8 +181,7 @@ def local_mnist() -> Path | None:
 
 
 def _first_epoch_logged(workdir: Path) -> bool:
-    path = workdir / "metrics.jsonl"
-    return path.exists() and bool(path.read_text().strip())
+    return bool(runfolder.read_metrics(workdir))
 
 
 def _run(command: list[str], *, stop_after_first_epoch: Path | None = None) -> dict[str, Any]:
@@ -212,8 +211,8 @@ def _run(command: list[str], *, stop_after_first_epoch: Path | None = None) -> d
 def _compare(a: Path, b: Path) -> tuple[bool, float]:
     """Whether two runs' predictions.npz are bitwise equal ('probs', 'val_probs'), and the
     largest absolute difference between them."""
-    with np.load(a / "predictions.npz") as x, np.load(b / "predictions.npz") as y:
-        pairs = [(x[k], y[k]) for k in ("probs", "val_probs")]
+    x, y = runfolder.read_predictions(a, None), runfolder.read_predictions(b, None)
+    pairs = [(x[k], y[k]) for k in ("probs", "val_probs")]
     bitwise = all(np.array_equal(p, q) for p, q in pairs)
     return bitwise, max(float(np.max(np.abs(p.astype(np.float64) - q))) for p, q in pairs)
 

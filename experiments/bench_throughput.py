@@ -152,7 +152,7 @@ def jax_timer(spec: Spec, *, batch: int, members: int, steps: int, warmup: int, 
               steps_per_call: int = 1, hparams: dict[str, Sequence[float]] | None = None) -> Timer:
     """Warmed up (compiled, then `warmup` calls): each call times `steps` real engine steps,
     `steps_per_call` of them per compiled call (a device loop; `steps` must be a multiple).
-    `hparams` (engine.HPARAMS name -> one value per member) trains a sweep: the step reads them
+    `hparams` (`run.member_hparams` names -> one value per member) trains a sweep: the step reads them
     from the member state."""
     if steps % steps_per_call:
         raise ValueError(f"steps ({steps}) must be a multiple of steps_per_call ({steps_per_call})")

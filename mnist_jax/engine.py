@@ -26,10 +26,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MEMBER_AXIS = "members"
-# The per-member hyperparameters a train step reads from `state["hparams"]` when a sweep sets them
-# (else the step's own constants): the learning rate as a factor on the config's schedule, label
-# smoothing, the EMA decay, and the augmentation strengths.
-HPARAMS = ("lr_scale", "label_smoothing", "ema_decay", "rotation", "shift", "zoom", "elastic_alpha")
+# A sweep's per-member values the train step reads from `state["hparams"]` (else its own
+# constants; `run.member_hparams` makes them): "lr_scale" (a factor on the schedule),
+# "label_smoothing", "ema_decay", and these, which go to the augmentation.
 AUGMENT_HPARAMS = ("rotation", "shift", "zoom", "elastic_alpha")
 DATA_AXIS = "data"
 # Evaluation holds at most this many (member, image) pairs per device at once, so a 35-member
@@ -157,7 +156,7 @@ def init_members(model: nn.Module, tx: optax.GradientTransformation, keys: jax.A
                  sample: jax.Array, *, ema: bool, mesh: Mesh,
                  hparams: dict[str, jax.Array] | None = None) -> State:
     """Initial state of every member, laid out over the mesh. `hparams` (name -> [M] values) are
-    a sweep's per-member hyperparameters, which the train step reads from the state (HPARAMS);
+    a sweep's per-member hyperparameters, which the train step reads from the state;
     without a sweep the state has no `hparams` (so checkpoints from before sweeps still load)."""
     def init_one(key, hparams):
         k_params, k_dropout = jax.random.split(jax.random.fold_in(key, _INIT))

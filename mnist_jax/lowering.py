@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mnist_jax import augment, engine, run as run_lib
+from mnist_jax import engine, run as run_lib
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 _CUSTOM_CALL = re.compile(r"stablehlo\.custom_call @([\w.$-]+)")
@@ -27,12 +27,8 @@ def train_step_text(config: ml_collections.ConfigDict, platform: str, num_classe
     run_lib.validate(config)
     steps_per_epoch = 2
     setup = run_lib.setup(config, num_classes, steps_per_epoch)
-    step = engine.make_train_step(
-        setup.model, setup.tx, mesh=setup.mesh, augment_fn=augment.build(config.augment),
-        steps_per_epoch=steps_per_epoch, batch_size=config.batch_size,
-        label_smoothing=config.label_smoothing, l1=config.l1, l1_params=config.l1_params,
-        ema_decay=config.ema_decay, strategy=setup.strategy,
-        steps_per_call=config.steps_per_call or engine.default_steps_per_call())
+    step = run_lib.train_step(setup, steps_per_epoch=steps_per_epoch,
+                              steps_per_call=run_lib.steps_per_call(config))
     members = jax.eval_shape(lambda: run_lib.init_state(setup).members)
     size, images = config.image_size, steps_per_epoch * config.batch_size
     args = (members, jax.eval_shape(lambda: engine.new_metrics(config.num_members)),

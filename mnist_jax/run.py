@@ -89,7 +89,7 @@ def setup(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: 
     return Setup(config, model, tx, mesh, strategy)
 
 
-# Where each sweepable config field lives in the member state (engine.HPARAMS); the weight decay
+# Where each sweepable config field lives in the member state (`state["hparams"]`); the weight decay
 # lives in the optimiser's state (optim.set_weight_decay).
 _HPARAM_OF = {"optim.learning_rate": "lr_scale", "label_smoothing": "label_smoothing",
               "ema_decay": "ema_decay", "augment.rotation": "rotation", "augment.shift": "shift",
@@ -187,6 +187,24 @@ def save(setup: Setup, mngr: Any, state: State) -> None:
     meta = {"config": _fingerprint(setup), "step": state.step,
             "wall_time_s": state.wall_time_s}
     checkpoint.save(mngr, state.step, _tree(state), meta)
+
+
+def steps_per_call(config: ml_collections.ConfigDict) -> int:
+    """Train steps per compiled call: the config's, else the backend's default."""
+    return config.steps_per_call or engine.default_steps_per_call()
+
+
+def train_step(setup: Setup, *, steps_per_epoch: int, clean: bool = False,
+               steps_per_call: int = 1) -> Callable:
+    """The config's compiled train step (`engine.make_train_step`): augmented as the config
+    (and its sweep) says, or on clean images for the final epochs with `clean`."""
+    c = setup.config
+    augment_fn = None if clean else augment.build(c.augment, swept=swept_augment(c))
+    return engine.make_train_step(
+        setup.model, setup.tx, mesh=setup.mesh, augment_fn=augment_fn,
+        steps_per_epoch=steps_per_epoch, batch_size=c.batch_size,
+        label_smoothing=c.label_smoothing, l1=c.l1, l1_params=c.l1_params,
+        ema_decay=c.ema_decay, strategy=setup.strategy, steps_per_call=steps_per_call)
 
 
 def predictor(setup: Setup, *, tta: bool = False) -> Callable:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mnist_jax import (augment, checkpoint, config as config_lib, data, engine, metrics, optim,
+from mnist_jax import (checkpoint, config as config_lib, data, engine, metrics, optim,
                        platform, run as run_lib, runfolder)
 from mnist_jax.evaluate import Evaluator, validation_record
 
@@ -212,13 +212,9 @@ def _train(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdi
     images = engine.put_replicated(train.images, mesh)
     labels = engine.put_replicated(train.labels, mesh)
     bags = jax.device_put(engine.member_bags(keys, len(train.labels), pool), engine.member_sharding(mesh))
-    common = dict(mesh=mesh, steps_per_epoch=steps_per_epoch, batch_size=config.batch_size,
-                  label_smoothing=config.label_smoothing, l1=config.l1, l1_params=config.l1_params,
-                  ema_decay=config.ema_decay, strategy=setup.strategy)
-    augment_fn = augment.build(config.augment, swept=run_lib.swept_augment(config))
-    steps_per_call = config.steps_per_call or engine.default_steps_per_call()
-    programs = {(clean, k): engine.make_train_step(setup.model, setup.tx, steps_per_call=k,
-                                                   augment_fn=None if clean else augment_fn, **common)
+    steps_per_call = run_lib.steps_per_call(config)
+    programs = {(clean, k): run_lib.train_step(setup, steps_per_epoch=steps_per_epoch, clean=clean,
+                                               steps_per_call=k)
                 for clean in (False, True) for k in {1, steps_per_call}}  # compiled when first called
     validation = (Evaluator(predict, val.images, val.labels, mesh=mesh,
                             batch_size=config.eval_batch_size) if val else None)
