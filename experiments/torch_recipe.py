@@ -66,6 +66,8 @@ def check_supported(config) -> None:
         refuse(f"model {config.model!r} has no PyTorch twin (twins: {', '.join(torch_peer.names())})")
     if config.model_overrides.to_dict() or config.groups.to_dict():
         refuse("model_overrides and groups are not mirrored")
+    if config_lib.swept(config):
+        refuse(f"a sweep ({', '.join(config_lib.swept(config))}) is not mirrored")
     if config.optim.name != "adam":
         refuse(f"optimizer {config.optim.name!r} is not mirrored")
     if config.optim.schedule.name not in SCHEDULES:

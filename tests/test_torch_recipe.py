@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_jax import augment
+from mnist_jax import augment, config as config_lib
 
 torch = pytest.importorskip("torch", reason="the PyTorch peer needs the optional `bench` extra")
 
@@ -37,6 +37,14 @@ def test_a_recipe_it_does_not_mirror_is_refused_in_one_line(recipe, capsys) -> N
         recipe.main(["--config=resnet_committee", "--members=1"])
     message = str(stop.value.code)
     assert "schedule 'one_cycle' is not mirrored" in message and "\n" not in message
+
+
+def test_a_sweep_is_refused_not_ignored(recipe) -> None:
+    config = config_lib.from_file(recipe.REPO / "configs" / "deotte15.py")
+    config.num_members = 2
+    config.sweep.augment.rotation = (10.0, 15.0)
+    with pytest.raises(recipe.RecipeError, match=r"a sweep \(augment.rotation\) is not mirrored"):
+        recipe.check_supported(config)
 
 
 def test_a_smoke_run_learns_and_writes_its_row(recipe, mnist_dir: Path, tmp_path: Path, capsys) -> None:
