@@ -14,7 +14,8 @@ run, each wave's test predictions are computed once when that wave ends, and the
 reports them. Peak memory is this process's maximum resident set size (`getrusage`).
 
 Writes OUT/time_to_accuracy.json (every point; the accuracy at 15 and at 60 minutes, i.e. of the
-last ensemble finished within each budget, never the best point of the curve; peak memory,
+last ensemble finished within each budget, never the best point of the curve; the wall time at
+which the ensemble first reaches 99.70 %; peak memory,
 machine, load average) and OUT/time_to_accuracy.png.
 """
 
@@ -43,6 +44,7 @@ from mnist_jax.platform import configure_cpu, conv_backend, cpu_model, device_de
 
 MILESTONES_MIN = (15, 60)
 TARGETS = {15: 0.9965, 60: 0.9975}  # issue 13's targets, drawn on the plot.
+THRESHOLD = 0.997  # issue 33: the time to a 99.70 % ensemble, against PyTorch training one
 
 
 def load_config(path: Path):
@@ -71,6 +73,13 @@ def at_budget(points: list[dict[str, Any]], minutes: float) -> float | None:
     choice made on the test split."""
     reached = [p["test_accuracy"] for p in points if p["wall_time_s"] <= minutes * 60]
     return reached[-1] if reached else None
+
+
+def first_reaching(points: list[dict[str, Any]], accuracy: float) -> float | None:
+    """Wall time (s) of the first ensemble at or above `accuracy` (None if none was).
+
+    A threshold crossing, read in wave order; later waves may fall below it again."""
+    return next((p["wall_time_s"] for p in points if p["test_accuracy"] >= accuracy), None)
 
 
 def plot(path: Path, points: list[dict[str, Any]], title: str) -> None:
@@ -109,7 +118,9 @@ def table(summary: dict[str, Any]) -> str:
     reached = {m: at_budget(summary["points"], m) for m in MILESTONES_MIN}
     values = ", ".join(f"at {m} min " + ("no wave finished" if value is None else f"{100 * value:.2f} %")
                        for m, value in reached.items())
-    return "\n".join(lines) + f"\n\n{values}; peak memory {summary['peak_rss_gb']:.2f} GB."
+    first = first_reaching(summary["points"], THRESHOLD)
+    crossing = f"{100 * THRESHOLD:.2f} % " + ("not reached" if first is None else f"first at {first / 60:.1f} min")
+    return "\n".join(lines) + f"\n\n{values}; {crossing}; peak memory {summary['peak_rss_gb']:.2f} GB."
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -174,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "conv_backend": conv_backend(),
         "malloc": malloc_mode(),
         **{f"accuracy_at_{m}_min": at_budget(points, m) for m in MILESTONES_MIN},
+        "first_reaching_s": {f"{THRESHOLD:.4f}": first_reaching(points, THRESHOLD)},
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,  # KiB on Linux
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
@@ -185,6 +197,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for m in MILESTONES_MIN:
         value = summary[f"accuracy_at_{m}_min"]
         print(f"at {m} min: " + ("no wave finished" if value is None else f"{100 * value:.2f} %"))
+    first = summary["first_reaching_s"][f"{THRESHOLD:.4f}"]
+    print(f"{100 * THRESHOLD:.2f} %: " + ("not reached" if first is None else f"first at {first / 60:.1f} min"))
     print(f"peak memory {summary['peak_rss_gb']:.2f} GB; wrote {out / 'time_to_accuracy.json'}")
     return summary
 

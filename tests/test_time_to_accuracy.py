@@ -59,6 +59,7 @@ def test_waves_grow_the_ensemble_and_the_files_say_so(tta, mnist_dir, tmp_path):
     saved = json.loads((out / "time_to_accuracy.json").read_text())
     assert saved["points"] == points and saved["peak_rss_gb"] > 0
     assert saved["accuracy_at_60_min"] == points[-1]["test_accuracy"]  # the last wave, not the best
+    assert saved["first_reaching_s"] == {"0.9970": tta.first_reaching(points, 0.997)}
     assert saved["conv_backend"] in ("onednn", "xla") and saved["machine"] and saved["date"]
     assert saved["malloc"] in ("kept", "default")
     assert (out / "time_to_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -92,4 +93,13 @@ def test_the_table_has_a_row_per_wave_and_the_values_at_the_budgets(tta, tmp_pat
     out = capsys.readouterr().out
     assert "| 0 | 2 | 13.0 min | 99.68 % | 32 | 99.68 % | – |" in out  # an older JSON: no members
     assert "| 1 | 4 | 26.0 min | 99.72 % | 28 | 99.66 % | 99.61 / 99.58 |" in out
-    assert "at 15 min 99.68 %, at 60 min 99.72 %; peak memory 1.50 GB." in out
+    assert "at 15 min 99.68 %, at 60 min 99.72 %; 99.70 % first at 26.0 min; peak memory 1.50 GB." in out
+
+
+def test_the_first_crossing_is_read_in_wave_order(tta):
+    points = [{"wall_time_s": 600.0, "test_accuracy": 0.9965},
+              {"wall_time_s": 1200.0, "test_accuracy": 0.9971},
+              {"wall_time_s": 1800.0, "test_accuracy": 0.9969},
+              {"wall_time_s": 2400.0, "test_accuracy": 0.9975}]
+    assert tta.first_reaching(points, 0.997) == 1200.0
+    assert tta.first_reaching(points, 0.998) is None
