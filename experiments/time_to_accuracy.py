@@ -82,6 +82,12 @@ def first_reaching(points: list[dict[str, Any]], accuracy: float) -> float | Non
     return next((p["wall_time_s"] for p in points if p["test_accuracy"] >= accuracy), None)
 
 
+def crossing(points: list[dict[str, Any]]) -> str:
+    """When the ensemble first reached THRESHOLD, in words."""
+    first = first_reaching(points, THRESHOLD)
+    return f"{100 * THRESHOLD:.2f} % " + ("not reached" if first is None else f"first at {first / 60:.1f} min")
+
+
 def plot(path: Path, points: list[dict[str, Any]], title: str) -> None:
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
@@ -118,9 +124,7 @@ def table(summary: dict[str, Any]) -> str:
     reached = {m: at_budget(summary["points"], m) for m in MILESTONES_MIN}
     values = ", ".join(f"at {m} min " + ("no wave finished" if value is None else f"{100 * value:.2f} %")
                        for m, value in reached.items())
-    first = first_reaching(summary["points"], THRESHOLD)
-    crossing = f"{100 * THRESHOLD:.2f} % " + ("not reached" if first is None else f"first at {first / 60:.1f} min")
-    return "\n".join(lines) + f"\n\n{values}; {crossing}; peak memory {summary['peak_rss_gb']:.2f} GB."
+    return "\n".join(lines) + f"\n\n{values}; {crossing(summary['points'])}; peak memory {summary['peak_rss_gb']:.2f} GB."
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -197,8 +201,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for m in MILESTONES_MIN:
         value = summary[f"accuracy_at_{m}_min"]
         print(f"at {m} min: " + ("no wave finished" if value is None else f"{100 * value:.2f} %"))
-    first = summary["first_reaching_s"][f"{THRESHOLD:.4f}"]
-    print(f"{100 * THRESHOLD:.2f} %: " + ("not reached" if first is None else f"first at {first / 60:.1f} min"))
+    print(crossing(points))
     print(f"peak memory {summary['peak_rss_gb']:.2f} GB; wrote {out / 'time_to_accuracy.json'}")
     return summary
 
