@@ -1,9 +1,25 @@
-"""The first command to run on a GPU or TPU: devices, exact resume, throughput and lowering, in one JSON.
+"""The first command to run on a GPU or TPU: devices, exact resume, lowering, throughput and layouts,
+in one JSON, within a time budget.
 
-    python experiments/accelerator_check.py                      # full on a GPU/TPU, small on a CPU
-    python experiments/accelerator_check.py --small --out runs/accelerator_check
-    python experiments/accelerator_check.py --lower-for=cuda,tpu --members=1,8,64
-    python experiments/accelerator_check.py --reproduce=deotte15:members=4:epochs=10 --budget-minutes=60
+    python experiments/accelerator_check.py                      # ~8 minutes; full on a GPU/TPU, small on a CPU
+    python experiments/accelerator_check.py --minutes=2 --out runs/accelerator_check
+    python experiments/accelerator_check.py --lower-for=cuda,tpu --members=1,8,64 --minutes=30
+    python experiments/accelerator_check.py --reproduce=deotte15:members=4:epochs=10 --budget-minutes=60 --minutes=80
+
+Time: `--minutes N` (default 8) bounds the whole check, the reference row included. The parts
+in processes of their own (1, 2) may use all but 40 % of N, which the in-process ones (3-6) keep;
+each such process is stopped at its share. The in-process parts plan from what they measured:
+before each compiled program the check estimates its compile and timed steps from the nearest one
+it measured (same model, then strategy, dtype, K and member count; the step time scaled by members
+and FLOPs per image, an unrolled compile by members) and runs it only if it fits the time left.
+What did not fit is listed, with why, in the JSON's "plan" and printed at the end.
+
+Compiled programs are kept: every process of the check (the resume check's runs, the reference
+row, its own timings) uses one persistent compilation cache, OUT/jax_cache, keeping every program
+(no minimum compile time). So the straight and the resumed runs run the same compiled programs
+(on a GPU, the same autotuned kernels), and the resume comparison tells whether resuming is exact,
+not whether two compilations chose alike; a second check with the same OUT compiles less (its
+setup times are then cache loads: delete OUT/jax_cache for cold ones).
 
 What it checks (the JSON is rewritten after each part, so a stopped check keeps what it measured):
 
@@ -13,33 +29,41 @@ What it checks (the JSON is rewritten after each part, so a stopped check keeps 
    uninterrupted run is repeated: if it too differs from itself, the device is not deterministic
    run to run and bitwise equality cannot be asked of a resume there.
 2. Optionally (`--reproduce=NAME[:members=M][:epochs=E] --budget-minutes=X`) a reference row with
-   experiments/reproduce.py, stopped by SIGTERM at the budget: the state is saved, and running
-   the same check (or reproduce.py command) again resumes it, so a cut run is not lost.
+   experiments/reproduce.py, stopped by SIGTERM at its budget or at what `--minutes` leaves it:
+   the state is saved, and running the same check (or reproduce.py command) again resumes it, so
+   a cut run is not lost.
 3. Devices: `jax.devices()` (kind, count, processes, memory where the device reports it), the
    versions, XLA:CPU's setup, the convolution backend, and whether float32 matmuls and convolutions
    run in TF32 (JAX's default precision does on NVIDIA Ampere and newer).
-4. Throughput of the real train step (`bench_throughput.jax_timer`; random uint8 images of
+4. Lowering (`--lower-for=cuda,tpu`, the default in full mode): the custom-call targets of the
+   quick and deotte15 train steps lowered for each platform; a oneDNN target (`mnist_onednn_*`,
+   native CPU code) in a GPU/TPU program is a failure.
+5. Throughput of the real train step (`bench_throughput.jax_timer`; random uint8 images of
    MNIST's shape, batch 128, Adam, no augmentation) per model, dtype (float32; bfloat16 compute
    with float32 parameters), member strategy (`vmap`, `unroll`), member count and steps per
    compiled call K; the strategies and K values of one model, dtype and member count are timed
-   alternately, median of the repeats. Share of peak = FLOPs per training image x images/s / (the
-   FLOP/s of a large matmul in the same dtype, measured here, x the devices the members use; on
-   the CPU the whole machine's, its devices share the cores); FLOPs per training image are 3 x
-   XLA's count of one forward pass (experiments/model_table.py's method: backward ~ 2 x forward),
-   so the share is an estimate. PyTorch's one-member step (`torch_peer.py`) is timed alternately
-   with JAX's where a CUDA PyTorch is importable on a GPU (on the CPU only with `--torch`).
-   Full mode compiles 6 programs for each of 2 models x 2 dtypes x 7 member counts, the unrolled
-   64-member ones slowest: `--models`, `--members` and `--steps-per-call` narrow it.
-5. Lowering (`--lower-for=cuda,tpu`, the default in full mode): the custom-call targets of the
-   quick and deotte15 train steps lowered for each platform; a oneDNN target (`mnist_onednn_*`,
-   native CPU code) in a GPU/TPU program is a failure.
+   alternately, median of the repeats. Member counts go in the order that covers their range
+   soonest (1, 64, 8, 2, ...). Share of peak = FLOPs per training image x images/s / (the FLOP/s
+   of a large matmul in the same dtype, measured here, x the devices the members use; on the CPU
+   the whole machine's, its devices share the cores); FLOPs per training image are 3 x XLA's
+   count of one forward pass (backward ~ 2 x forward, `engine.member_cost`), so the share is an
+   estimate. PyTorch's one-member step (`torch_peer.py`) is timed alternately with JAX's where a
+   CUDA PyTorch is importable on a GPU (on the CPU only with `--torch`). Full mode would compile 6
+   programs for each of 2 models x 2 dtypes x 7 member counts: `--minutes` decides how many run,
+   `--models`, `--members` and `--steps-per-call` narrow it.
+6. Layouts: for each model and member count timed (float32, the engine's strategy, K = 1), the
+   two layouts the engine chooses between, timed alternately: the members alone over the devices,
+   and members x data (of `engine.layouts`, the cheapest by `engine.layout_cost`); which was
+   faster, and what `engine.mesh_shape` picks here by its cost rule (never a data axis on the
+   CPU: `engine.data_parallel_default`) and by this measurement. On one device they are the same
+   layout, and the check says so.
 
 Parts 1 and 2 run in processes of their own and come first: this process starts JAX's backend only
 after them (on a TPU one process at a time holds the chips; on a GPU JAX takes 75 % of the memory).
 
-Small mode (the default on a CPU: tiny20k, 1-2 members, K 1-2, a 2,048-image resume run) takes
-under 3 minutes on 2 cores. Writes OUT/accelerator_check.json and OUT/accelerator_check.md, prints
-the table and a summary, and exits 1 when a check failed (the JSON's "failures"). Downloads
+Small mode (the default on a CPU: tiny20k, 1-2 members, K 1-2, a 2,048-image resume run). Writes
+OUT/accelerator_check.json and OUT/accelerator_check.md, prints the table and a summary, and exits
+1 when a check failed (the JSON's "failures"; a part skipped for time is not a failure). Downloads
 nothing: MNIST must be on the machine ($MNIST_JAX_DATA_DIR, or `python -m mnist_jax.data fetch mnist`
 beforehand); without it the resume check is skipped and says why.
 """
@@ -63,6 +87,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+STARTED = time.monotonic()  # --minutes counts from here, JAX's import included
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -71,7 +96,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import bench_throughput as bench  # noqa: E402  (next to this script)
-import model_table  # noqa: E402
 from mnist_jax import config as config_lib, engine, lowering, metrics, models, platform, runfolder  # noqa: E402
 from mnist_jax.atomic import write_bytes, write_json  # noqa: E402
 from mnist_jax.data import idx, mnist  # noqa: E402
@@ -83,7 +107,13 @@ ONEDNN_PREFIX = "mnist_onednn_"
 SIGNAL_STEP = re.compile(r"stopped by signal 15 at step (\d+)")
 RUN_TIMEOUT_S = 1800  # one resume-check run; a hung run must not hang the check
 RESUME_RUNS = ("straight", "resumed", "straight_again")  # the resume check's run folders
-GRACE_S = 300  # for reproduce.py to save its state after the budget's SIGTERM
+GRACE_S = 300  # at most, for reproduce.py to save its state after the budget's SIGTERM
+GRACE_SHARE = 0.1  # of reproduce.py's time, at most, for that
+MIN_REPRODUCE_S = 60  # a reference row is not started with less time left
+DEFAULT_MINUTES = 8.0  # fits a first look at one GPU (module docstring)
+IN_PROCESS_SHARE = 0.4  # of --minutes, kept from the parts in processes of their own
+REPORT_S = 5.0  # kept back for writing the report
+CACHE = "jax_cache"  # the persistent compilation cache, under --out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +147,80 @@ MODES = {
         resume_overrides=("--config.num_epochs=2", "--config.log_every_steps=10"),
         lower_for=("cuda", "tpu")),
 }
+
+
+# ------------------------------------------------------------------------------------- time
+
+
+class Budget:
+    """The check's time (`--minutes`): what is left, and what was skipped for want of it."""
+
+    def __init__(self, minutes: float, started: float) -> None:
+        self.minutes = minutes
+        self.deadline = started + 60 * minutes - REPORT_S
+        self.skipped: list[dict[str, str]] = []
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def fits(self, part: str, estimate_s: float, keep_s: float = 0.0) -> bool:
+        """Whether `part`, estimated at `estimate_s`, fits the time left less `keep_s` (kept for
+        later parts); when it does not, it is skipped and listed."""
+        left = self.left() - keep_s
+        if estimate_s <= left:
+            return True
+        self.skip(part, f"needs ~{estimate_s:.0f} s, {max(0.0, left):.0f} s left")
+        return False
+
+    def skip(self, part: str, why: str) -> None:
+        self.skipped.append({"part": part, "why": why})
+        print(f"skipped {part}: {why}", file=sys.stderr, flush=True)
+
+
+class Timings:
+    """The compiled programs measured so far, to estimate the next ones (module docstring, Time)."""
+
+    def __init__(self) -> None:
+        self.measured: list[dict[str, Any]] = []
+
+    def add(self, **program: Any) -> None:
+        """model, dtype, strategy, k, members, flops (per image), setup_s, repeat_s."""
+        self.measured.append(program)
+
+    def estimate(self, model: str, dtype: str, strategy: str, k: int, members: int, flops: float,
+                 repeats: int) -> float:
+        """Seconds to set up a program and time it `repeats` + 1 times; 0 before any measurement
+        (the first program runs whatever is left)."""
+        if not self.measured:
+            return 0.0
+        near = min(self.measured, key=lambda p: (p["model"] != model, p["strategy"] != strategy,
+                                                 p["dtype"] != dtype, p["k"] != k,
+                                                 abs(math.log(members / p["members"]))))
+        scale = members / near["members"]
+        setup = near["setup_s"] * (scale if strategy == "unroll" else 1.0)
+        return setup + (repeats + 1) * near["repeat_s"] * scale * flops / near["flops"]
+
+
+def compilation_cache(folder: Path) -> dict[str, str]:
+    """Keep every program this process compiles in `folder`; returns the environment that has
+    the check's subprocesses do the same."""
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(folder),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+def spread(values: Sequence[int]) -> list[int]:
+    """`values` in the order that covers their range soonest: 1, 2, 4, ..., 64 -> 1, 64, 8, 2, 16, 4, 32."""
+    order = list(dict.fromkeys([values[0], values[-1]]))
+    gaps = [(0, len(values) - 1)]
+    while gaps:
+        lo, hi = gaps.pop(0)
+        if hi - lo > 1:
+            mid = (lo + hi) // 2
+            order.append(values[mid])
+            gaps += [(lo, mid), (mid, hi)]
+    return order
 
 
 # ----------------------------------------------------------------------------------- devices
@@ -184,28 +288,32 @@ def _first_epoch_logged(workdir: Path) -> bool:
     return bool(runfolder.read_metrics(workdir))
 
 
-def _run(command: list[str], *, stop_after_first_epoch: Path | None = None) -> dict[str, Any]:
-    """Run `command` from the repo; with `stop_after_first_epoch=WORKDIR`, SIGTERM it once its
-    first epoch is in WORKDIR/metrics.jsonl (training is then under way)."""
+def _run(command: list[str], env: dict[str, str], timeout_s: float, *,
+         stop_after_first_epoch: Path | None = None) -> dict[str, Any]:
+    """Run `command` from the repo for at most `timeout_s` (then it is killed: "timed_out"); with
+    `stop_after_first_epoch=WORKDIR`, SIGTERM it once its first epoch is in WORKDIR/metrics.jsonl
+    (training is then under way)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    timeout_s = max(1.0, min(timeout_s, RUN_TIMEOUT_S))
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    signalled = False
+    signalled = timed_out = False
     try:
         if stop_after_first_epoch is not None:
             while proc.poll() is None and not _first_epoch_logged(stop_after_first_epoch):
-                if time.perf_counter() - start > RUN_TIMEOUT_S:
+                if time.perf_counter() - start > timeout_s:
                     break
                 time.sleep(0.05)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 signalled = True
-        _, err = proc.communicate(timeout=max(1.0, RUN_TIMEOUT_S - (time.perf_counter() - start)))
+        _, err = proc.communicate(timeout=max(1.0, timeout_s - (time.perf_counter() - start)))
     except subprocess.TimeoutExpired:
         proc.kill()
         _, err = proc.communicate()
+        timed_out = True
     return {"returncode": proc.returncode, "wall_s": time.perf_counter() - start,
-            "signalled": signalled, "stderr": err}
+            "signalled": signalled, "timed_out": timed_out, "stderr": err}
 
 
 def _compare(a: Path, b: Path) -> tuple[bool, float]:
@@ -221,8 +329,11 @@ def _tail(text: str, lines: int = 5) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def resume_check(workdir: Path, mode: Mode) -> dict[str, Any]:
-    """The quick config run straight, and interrupted + resumed; see the module docstring."""
+def resume_check(workdir: Path, mode: Mode, budget: Budget, keep_s: float,
+                 env: dict[str, str]) -> dict[str, Any]:
+    """The quick config run straight, and interrupted + resumed (module docstring), each run
+    within the time `budget` leaves above `keep_s`: the interrupted and resumed runs only if 1.5 x
+    the straight run's time fits (they load its compiled programs from the cache)."""
     folder = local_mnist()
     if folder is None:
         return {"verdict": "skipped", "reason": "MNIST is not on this machine: set MNIST_JAX_DATA_DIR "
@@ -235,17 +346,33 @@ def resume_check(workdir: Path, mode: Mode) -> dict[str, Any]:
         return [sys.executable, "-m", "mnist_jax.main", f"--config={REPO / 'configs' / 'quick.py'}",
                 f"--workdir={workdir / name}", *mode.resume_overrides]
 
+    def run(name: str, **kwargs: Any) -> dict[str, Any]:
+        return _run(command(name), env, budget.left() - keep_s, **kwargs)
+
+    def out_of_time() -> dict[str, Any]:  # after budget.skip, or a budget.fits that failed
+        return {**record, "verdict": "skipped", "reason": f"out of time: {budget.skipped[-1]['why']}"}
+
     record: dict[str, Any] = {"command": shlex.join(["python", *command("RUN")[1:]]), "data": str(folder)}
-    runs = {"straight": _run(command("straight")),
-            "interrupted": _run(command("resumed"), stop_after_first_epoch=workdir / "resumed")}
+    runs = {"straight": run("straight")}
+    if runs["straight"]["timed_out"]:
+        budget.skip("resume check", f"the uninterrupted run did not end in the "
+                                    f"{runs['straight']['wall_s']:.0f} s left to it")
+        return out_of_time()
+    if not budget.fits("resume check: the interrupted and resumed runs", 1.5 * runs["straight"]["wall_s"],
+                       keep_s):
+        return out_of_time()
+    runs["interrupted"] = run("resumed", stop_after_first_epoch=workdir / "resumed")
     stopped = SIGNAL_STEP.search(runs["interrupted"]["stderr"])
     record["interrupted"] = runs["interrupted"]["returncode"] == 130 and stopped is not None
     record["stopped_at_step"] = int(stopped[1]) if stopped else None
-    runs["resumed"] = _run(command("resumed"))
+    runs["resumed"] = run("resumed")
     expected = {"straight": {0}, "interrupted": {0, 130}, "resumed": {0}}
     failed = {k: r for k, r in runs.items() if r["returncode"] not in expected[k]}
     record["runs"] = {k: {"returncode": r["returncode"], "wall_s": r["wall_s"], "signalled": r["signalled"],
                           "stderr_tail": _tail(r["stderr"])} for k, r in runs.items()}
+    if runs["resumed"]["timed_out"]:
+        budget.skip("resume check", "the resumed run did not end in the time left to it")
+        return out_of_time()
     if failed:
         record["verdict"] = "fail"
         record["reason"] = "; ".join(f"the {k} run exited {r['returncode']}: {_tail(r['stderr'], 1)}"
@@ -259,7 +386,13 @@ def resume_check(workdir: Path, mode: Mode) -> dict[str, Any]:
     elif record["bitwise"]:
         record["verdict"] = "ok"
     else:  # a resume bug, or a device that differs from itself run to run?
-        again = _run(command("straight_again"))
+        if not budget.fits("resume check: the repeated uninterrupted run", runs["straight"]["wall_s"], keep_s):
+            record["verdict"] = "fail"
+            record["reason"] = (f"resumed predictions differ from the uninterrupted run's by up to "
+                                f"{record['max_abs_diff']:.3g}, and no time was left to repeat the "
+                                "uninterrupted run (which tells a device that differs from itself)")
+            return record
+        again = run("straight_again")
         if again["returncode"]:
             record["verdict"] = "fail"
             record["reason"] = f"the repeated uninterrupted run exited {again['returncode']}"
@@ -269,17 +402,7 @@ def resume_check(workdir: Path, mode: Mode) -> dict[str, Any]:
         record["verdict"] = "fail" if record["repeat_bitwise"] else "nondeterministic"
     return record
 
-
 # -------------------------------------------------------------------------------- throughput
-
-
-def training_flops_per_image(spec: bench.Spec) -> float:
-    """3 x XLA's FLOPs of one eval-mode forward pass at batch 1 (`model_table.forward_flops`)."""
-    model = models.get(spec[0], **spec[1])
-    x = jax.ShapeDtypeStruct((1, *bench.IMAGE_SHAPE), jnp.float32)
-    variables = jax.eval_shape(lambda: model.init(
-        {"params": jax.random.key(0), "dropout": jax.random.key(1)}, jnp.zeros(x.shape), train=False))
-    return 3 * model_table.forward_flops(model, variables, x)
 
 
 def matmul_peak(n: int, dtype: str, calls: int, repeats: int) -> dict[str, Any]:
@@ -320,45 +443,101 @@ def peak_for(peak: dict[str, Any], members: int) -> float:
 
 
 def throughput(specs: Sequence[bench.Spec], members: Sequence[int], steps_per_call: Sequence[int],
-               mode: Mode, peaks: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (model, dtype, strategy, members, K). The strategies and K values of one
-    (model, dtype, members) are timed alternately, so machine noise hits the choices they compare
-    alike. A group that fails (out of memory with 64 members on a small GPU) gets rows with its
-    error, and the rest go on."""
+               mode: Mode, peaks: dict[str, dict[str, Any]], flops: dict[str, float], budget: Budget,
+               timings: Timings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows, one per (model, dtype, strategy, members, K) that fit the budget, and the layout
+    comparisons (`compare_layouts`) of each float32 (model, members). The strategies and K values
+    of one (model, dtype, members) are timed alternately, so machine noise hits the choices they
+    compare alike; each is first set up (compiled, warmed up) and timed once, for the estimates. A
+    group that fails (out of memory with 64 members on a small GPU) gets rows with its error, and
+    the rest go on."""
     steps = steps_per_repeat(mode.steps, steps_per_call)
-    choices = [(strategy, k) for strategy in bench.STRATEGIES for k in steps_per_call]
-    rows = []
-    for spec in specs:
-        flops = training_flops_per_image(spec)
-        for dtype in DTYPES:
-            for m in members:
-                print(f"throughput {bench.spec_label(spec)} {dtype} M={m} ...", file=sys.stderr, flush=True)
-                key = {"model": bench.spec_label(spec), "dtype": dtype, "members": m, "batch": BATCH}
-                timers, setup_s = {}, {}
+    default = engine.default_strategy()
+    strategies = [default, *(s for s in bench.STRATEGIES if s != default)]
+    rows, layouts = [], []
+    for m in spread(members):
+        for spec in specs:
+            label = bench.spec_label(spec)
+            for dtype in DTYPES:
+                print(f"throughput {label} {dtype} M={m} ...", file=sys.stderr, flush=True)
+                key = {"model": label, "dtype": dtype, "members": m, "batch": BATCH}
+                timers, setup_s, pending = {}, {}, 0.0
                 try:
-                    for strategy, k in choices:
+                    for strategy, k in ((s, k) for s in strategies for k in steps_per_call):
+                        estimate = timings.estimate(label, dtype, strategy, k, m, flops[label], mode.repeats)
+                        if not budget.fits(f"throughput {label} {dtype} M={m} {strategy} K={k}",
+                                           estimate + pending):
+                            continue
+                        setup_s[strategy, k] = None  # tried: an error row if it fails
                         start = time.perf_counter()
-                        timers[strategy, k] = bench.jax_timer(
-                            spec, batch=BATCH, members=m, steps=steps, warmup=mode.warmup,
-                            strategy=strategy, dtype=dtype, steps_per_call=k)
+                        timer = bench.jax_timer(spec, batch=BATCH, members=m, steps=steps, warmup=mode.warmup,
+                                                strategy=strategy, dtype=dtype, steps_per_call=k)
                         setup_s[strategy, k] = time.perf_counter() - start  # compile + warm-up
+                        repeat_s = timer()
+                        timings.add(model=label, dtype=dtype, strategy=strategy, k=k, members=m,
+                                    flops=flops[label], setup_s=setup_s[strategy, k], repeat_s=repeat_s)
+                        timers[strategy, k] = timer
+                        pending += mode.repeats * repeat_s
                     times = bench.alternate(timers, mode.repeats)
                 except jax.errors.JaxRuntimeError as e:
                     rows += [{**key, "strategy": strategy, "steps_per_call": k,
-                              "error": str(e).splitlines()[0]} for strategy, k in choices]
+                              "error": str(e).splitlines()[0]} for strategy, k in setup_s]
                     continue
                 finally:
                     timers.clear()  # their states, and the cached programs and buffers
                     bench._train_step.cache_clear()
                     bench._initial_state.cache_clear()
+                peak = peaks.get(dtype)
                 for (strategy, k), t in times.items():
                     ips = m * BATCH * steps / statistics.median(t)
                     rows.append({**key, "strategy": strategy, "steps_per_call": k, "steps": steps,
                                  "images_per_s": ips, "per_member_images_per_s": ips / m,
-                                 "training_flops_per_image": flops,
-                                 "share_of_peak": flops * ips / peak_for(peaks[dtype], m),
+                                 "training_flops_per_image": flops[label],
+                                 "share_of_peak": flops[label] * ips / peak_for(peak, m) if peak else None,
                                  "setup_s": setup_s[strategy, k], "times_s": t})
-    return rows
+                if dtype == "float32" and times:
+                    layouts.append(compare_layouts(spec, m, steps, mode, budget, timings, flops[label]))
+    return rows, [r for r in layouts if r]
+
+
+def compare_layouts(spec: bench.Spec, members: int, steps: int, mode: Mode, budget: Budget,
+                    timings: Timings, flops: float) -> dict[str, Any] | None:
+    """The two layouts the engine chooses between for `members` of `spec` (float32, the engine's
+    strategy, K = 1), timed alternately: the members alone over the devices, and members x data
+    (the cheapest by `engine.layout_cost`). None when it does not fit the budget."""
+    devices, strategy = jax.device_count(), engine.default_strategy()
+    label = bench.spec_label(spec)
+    common = {"data_parallel": True, "batch_sizes": (BATCH,)}
+    candidates = engine.layouts(members, devices, **common)
+    record: dict[str, Any] = {"model": label, "members": members, "strategy": strategy,
+                              "devices": devices, "members_only": {"layout": candidates[0]}}
+    if len(candidates) == 1:
+        record["same"] = (f"on {devices} device{'s' if devices > 1 else ''} members alone and members "
+                          f"x data are the same layout, {candidates[0]}: nothing to compare")
+        return record
+    cost = engine.member_cost(models.get(spec[0], **spec[1]), bench.IMAGE_SHAPE)
+    split = min(candidates[1:], key=lambda c: engine.layout_cost(c, members, BATCH, cost, strategy))
+    estimate = 2 * timings.estimate(label, "float32", strategy, 1, members, flops, mode.repeats)
+    if not budget.fits(f"layouts {label} M={members}: {candidates[0]} against {split}", estimate):
+        return None
+    print(f"layouts {label} M={members}: {candidates[0]} against {split} ...", file=sys.stderr, flush=True)
+    try:
+        timers = {layout: bench.jax_timer(spec, batch=BATCH, members=members, steps=steps,
+                                          warmup=mode.warmup, strategy=strategy, layout=layout)
+                  for layout in (candidates[0], split)}
+        seconds = {layout: statistics.median(t) for layout, t in bench.alternate(timers, mode.repeats).items()}
+    except jax.errors.JaxRuntimeError as e:
+        return {**record, "members_x_data": {"layout": split}, "error": str(e).splitlines()[0]}
+    finally:
+        bench._train_step.cache_clear()
+        bench._initial_state.cache_clear()
+    ips = {layout: members * BATCH * steps / s for layout, s in seconds.items()}
+    return {**record, "members_only": {"layout": candidates[0], "images_per_s": ips[candidates[0]]},
+            "members_x_data": {"layout": split, "images_per_s": ips[split]},
+            "faster": "members alone" if seconds[candidates[0]] <= seconds[split] else "members x data",
+            "rule_chooses": engine.mesh_shape(members, devices, data_parallel=engine.data_parallel_default(),
+                                              batch_sizes=(BATCH,), strategy=strategy, member_cost=cost),
+            "measurement_chooses": engine.mesh_shape(members, devices, **common, costs=seconds)}
 
 
 def torch_device(backend: str, small: bool, asked: bool) -> tuple[str | None, str]:
@@ -427,30 +606,31 @@ def lowered(platforms: Sequence[str]) -> dict[str, dict[str, Any]]:
 # -------------------------------------------------------------------------------- reproduce
 
 
-def reproduce(spec: dict[str, Any], budget_minutes: float) -> dict[str, Any]:
-    """experiments/reproduce.py for `spec` (config, members, epochs), SIGTERMed at the budget:
-    it saves its state, and the same command resumes it."""
+def reproduce(spec: dict[str, Any], seconds: float, env: dict[str, str]) -> dict[str, Any]:
+    """experiments/reproduce.py for `spec` (config, members, epochs) for at most `seconds`: SIGTERMed
+    a grace period before (so it saves its state, and the same command resumes it), killed at it."""
     script = "experiments/reproduce.py"  # run from the repo, so its run folders and results are the repo's
     command = [sys.executable, script, f"--config={spec['config']}"]
     command += [f"--{k}={spec[k]}" for k in ("members", "epochs") if spec.get(k) is not None]
+    grace = min(GRACE_S, GRACE_SHARE * seconds)
     start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     cut = False
     try:
-        out, err = proc.communicate(timeout=budget_minutes * 60)
+        out, err = proc.communicate(timeout=seconds - grace)
     except subprocess.TimeoutExpired:
         cut = True
         proc.send_signal(signal.SIGTERM)
         try:
-            out, err = proc.communicate(timeout=GRACE_S)
+            out, err = proc.communicate(timeout=grace)
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
     rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
-    return {"command": shlex.join(["python", *command[1:]]), "budget_minutes": budget_minutes,
+    return {"command": shlex.join(["python", *command[1:]]), "limit_s": seconds,
             "cut_at_budget": cut, "returncode": proc.returncode, "wall_s": time.perf_counter() - start,
             "row": rows[-1] if len(rows) > 1 else None, "stderr_tail": _tail(err)}
-
 
 # ---------------------------------------------------------------------------------- reports
 
@@ -477,11 +657,26 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["| model | dtype | strategy | members | steps/call | total img/s | per-member img/s "
               "| share of peak |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in results.get("throughput", []):
+        share = r.get("share_of_peak")
         cells = ((_num(r["images_per_s"]), _num(r["per_member_images_per_s"]),
-                  f"{_num(100 * r['share_of_peak'], 2)} %") if "error" not in r
+                  "-" if share is None else f"{_num(100 * share, 2)} %") if "error" not in r
                  else (f"error: {r['error'][:60]}", "-", "-"))
         lines.append(f"| {r['model']} | {r['dtype']} | {r['strategy']} | {r['members']} | "
                      f"{r['steps_per_call']} | {' | '.join(cells)} |")
+    layouts = results.get("layouts")
+    if layouts:
+        lines += ["", "| model | members | members alone | img/s | members x data | img/s | faster "
+                      "| rule picks | measurement picks |", "| --- | ---: | --- | ---: | --- | ---: | --- | --- | --- |"]
+        for r in layouts:
+            alone, split = r["members_only"], r.get("members_x_data", {})
+            if "same" in r or "error" in r:
+                lines.append(f"| {r['model']} | {r['members']} | {_layout(alone['layout'])} | - | "
+                             f"{_layout(split.get('layout'))} | - | {r.get('same') or 'error: ' + r['error'][:60]} | - | - |")
+                continue
+            lines.append(f"| {r['model']} | {r['members']} | {_layout(alone['layout'])} | "
+                         f"{_num(alone['images_per_s'])} | {_layout(split['layout'])} | "
+                         f"{_num(split['images_per_s'])} | {r['faster']} | {_layout(r['rule_chooses'])} | "
+                         f"{_layout(r['measurement_chooses'])} |")
     torch = results.get("torch")
     if isinstance(torch, dict):
         lines += ["", f"PyTorch {torch['settings']['torch']} on {torch['settings']['device']}, one member:",
@@ -503,7 +698,15 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", f"Reproduce (`{r['command']}`, exit {r['returncode']}"
                       f"{', cut at the budget: re-run to resume' if r['cut_at_budget'] else ''}): "
                       f"{r['row'] or 'no row'}"]
+    plan = results.get("plan")
+    if plan:
+        lines += ["", f"Time: {_num(plan['minutes'], 1)} minutes; skipped for want of it: "
+                      + ("; ".join(f"{s['part']} ({s['why']})" for s in plan["skipped"]) or "nothing")]
     return "\n".join(lines) + "\n"
+
+
+def _layout(layout: Sequence[int] | None) -> str:
+    return "-" if layout is None else f"({layout[0]}, {layout[1]})"
 
 
 def resume_line(resume: dict[str, Any] | None) -> str:
@@ -532,6 +735,8 @@ def failures(results: dict[str, Any]) -> list[str]:
               f"K={r['steps_per_call']}: {r['error']}" for r in results.get("throughput", []) if "error" in r]
     found += [f"lowered for {p}: oneDNN custom calls {r['onednn']}"
               for p, r in (results.get("lowered") or {}).items() if r["onednn"]]
+    found += [f"layouts {r['model']} M={r['members']}: {r['error']}"
+              for r in results.get("layouts", []) if "error" in r]
     r = results.get("reproduce")
     if r and r["returncode"] and not r["cut_at_budget"]:
         found.append(f"reproduce: exit {r['returncode']}: {_tail(r['stderr_tail'], 1)}")
@@ -592,11 +797,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--reproduce", type=_reproduce_spec, metavar="NAME[:members=M][:epochs=E]",
                    help="also grow a reference row with experiments/reproduce.py (recorded in "
                         "experiments/results/reproduction.json once it finishes)")
-    p.add_argument("--budget-minutes", type=float, help="--reproduce's time limit")
+    p.add_argument("--budget-minutes", type=float,
+                   help="--reproduce's time limit (within --minutes: cut to what the check leaves it)")
+    p.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
+                   help=f"the whole check's time, --budget-minutes included (default {DEFAULT_MINUTES:g}): "
+                        "what does not fit is skipped and listed")
     p.add_argument("--skip-resume", action="store_true", help="skip the resume check")
     args = p.parse_args(argv)
     on_cpu = platform.expected_platform() == "cpu"  # told without starting JAX's backend
     args.mode = MODES["small" if args.small or (not args.full and on_cpu) else "full"]
+    if args.minutes <= 0:
+        p.error("--minutes must be > 0")
     if args.reproduce and (args.budget_minutes is None or args.budget_minutes <= 0):
         p.error("--reproduce needs --budget-minutes > 0")
     if args.budget_minutes is not None and not args.reproduce:
@@ -624,54 +835,79 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     platform.configure_cpu()
     args = parse_args(argv)
     mode, out = args.mode, Path(args.out)
-    started = time.perf_counter()
+    budget, timings = Budget(args.minutes, STARTED), Timings()
+    env = compilation_cache(out / CACHE)
     results: dict[str, Any] = {"meta": {
         "date": time.strftime("%Y-%m-%d %H:%M"), "mode": mode.name,
         "command": shlex.join(["python", "experiments/accelerator_check.py",
                                *(sys.argv[1:] if argv is None else argv)]),
         "expected_platform": platform.expected_platform(), "batch": BATCH,
-        "load_average_before": os.getloadavg()}}
+        "compilation_cache": str(out / CACHE), "load_average_before": os.getloadavg()},
+        "plan": {"minutes": args.minutes, "skipped": budget.skipped}}
     # The parts in processes of their own come first: this process starts JAX's backend only
     # after them, since on a TPU one process at a time holds the chips, and on a GPU JAX takes
-    # 75 % of the memory when it starts.
+    # 75 % of the memory when it starts. They leave IN_PROCESS_SHARE of the budget to the rest.
+    keep_s = IN_PROCESS_SHARE * 60 * args.minutes
     if not args.skip_resume:
         print("resume check ...", file=sys.stderr, flush=True)
-        results["resume"] = resume_check(out / "runs", mode)
+        results["resume"] = resume_check(out / "runs", mode, budget, keep_s, env)
         save(out, results)
-    if args.reproduce:
-        print(f"reproduce {args.reproduce} (budget {args.budget_minutes} min) ...", file=sys.stderr,
-              flush=True)
-        results["reproduce"] = reproduce(args.reproduce, args.budget_minutes)
+    if args.reproduce and budget.fits(f"reproduce {args.reproduce['config']}", MIN_REPRODUCE_S, keep_s):
+        seconds = min(60 * args.budget_minutes, budget.left() - keep_s)
+        print(f"reproduce {args.reproduce} ({seconds / 60:.1f} min) ...", file=sys.stderr, flush=True)
+        results["reproduce"] = reproduce(args.reproduce, seconds, env)
         save(out, results)
 
     results["devices"] = devices_record()
-    results["peak"] = {dtype: matmul_peak(mode.matmul_n, dtype, mode.matmul_calls, mode.repeats)
-                       for dtype in DTYPES}
+    platforms = mode.lower_for if args.lower_for is None else args.lower_for
+    last = 0.0  # each platform is estimated at the last one's time
+    for target in platforms:
+        if budget.fits(f"lowering for {target}", last):
+            print(f"lowering for {target} ...", file=sys.stderr, flush=True)
+            start = time.perf_counter()
+            results.setdefault("lowered", {}).update(lowered([target]))
+            last = time.perf_counter() - start
+    results["peak"], last = {}, 0.0
+    for dtype in DTYPES:
+        if budget.fits(f"peak {dtype}", last):
+            start = time.perf_counter()
+            results["peak"][dtype] = matmul_peak(mode.matmul_n, dtype, mode.matmul_calls, mode.repeats)
+            last = time.perf_counter() - start
+    save(out, results)
     specs = args.models or [bench.parse_spec(m) for m in mode.models]
-    results["throughput"] = throughput(specs, args.members or mode.members,
-                                       args.steps_per_call or mode.steps_per_call, mode, results["peak"])
+    flops = {bench.spec_label(s): engine.member_cost(models.get(s[0], **s[1]), bench.IMAGE_SHAPE).flops_per_image
+             for s in specs}
+    results["throughput"], results["layouts"] = throughput(
+        specs, args.members or mode.members, args.steps_per_call or mode.steps_per_call, mode,
+        results["peak"], flops, budget, timings)
     save(out, results)
     device, why_not = torch_device(jax.default_backend(), mode.name == "small", args.torch)
-    if device:
+    # JAX's one-member step and PyTorch's two probes (channels-last or not), each like JAX's
+    estimate = sum(3 * timings.estimate(label, dtype, engine.default_strategy(), 1, 1, flops[label], mode.repeats)
+                   for label in flops for dtype in DTYPES)
+    if device and budget.fits("PyTorch comparison", estimate):
         try:
             results["torch"] = torch_comparison(specs, device, mode)
         except RuntimeError as e:  # e.g. a PyTorch CUDA build that does not fit the driver
             results["torch"] = f"not measured: {type(e).__name__}: {str(e).splitlines()[0]}"
     else:
-        results["torch"] = why_not
-    save(out, results)
-
-    platforms = mode.lower_for if args.lower_for is None else args.lower_for
-    if platforms:
-        print(f"lowering for {', '.join(platforms)} ...", file=sys.stderr, flush=True)
-        results["lowered"] = lowered(platforms)
-    results["meta"].update(wall_time_s=time.perf_counter() - started, load_average_after=os.getloadavg())
+        results["torch"] = why_not or "not measured: out of time"
+    results["meta"].update(wall_time_s=time.monotonic() - STARTED, load_average_after=os.getloadavg())
     save(out, results)
 
     print(markdown(results))
     d = results["devices"]
     print(f"devices: {d['count']} x {d['device_kind']} ({d['backend']}), {d['process_count']} process(es)")
     print(f"resume: {resume_line(results.get('resume'))}")
+    for r in results["layouts"]:
+        print(f"layouts {r['model']} M={r['members']}: " + (r.get("same") or r.get("error") or (
+            f"{r['faster']} faster ({_layout(r['members_only']['layout'])} "
+            f"{_num(r['members_only']['images_per_s'])} img/s, {_layout(r['members_x_data']['layout'])} "
+            f"{_num(r['members_x_data']['images_per_s'])}); the engine's rule picks "
+            f"{_layout(r['rule_chooses'])}")))
+    for s in budget.skipped:
+        print(f"skipped (time): {s['part']}: {s['why']}")
+    print(f"skipped (time): {len(budget.skipped)} part(s) of a {_num(args.minutes, 1)}-minute budget")
     for line in results["failures"]:
         print(f"FAILED: {line}")
     if not results["failures"]:
@@ -679,7 +915,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"wrote {out / 'accelerator_check.json'} and {out / 'accelerator_check.md'} "
           f"in {results['meta']['wall_time_s']:.0f} s")
     return results
-
 
 if __name__ == "__main__":
     sys.exit(1 if main()["failures"] else 0)

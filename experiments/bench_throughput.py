@@ -118,12 +118,12 @@ def _model_fields(spec: Spec, dtype: str) -> tuple:
 # Compiling `init_members` and the step dominates the harness's own run time (tens of seconds
 # each on a busy CPU) and the tables reuse configurations, so both are built once per process.
 @functools.lru_cache(maxsize=None)
-def _initial_state(name: str, overrides: tuple, members: int) -> tuple:
+def _initial_state(name: str, overrides: tuple, members: int, layout: engine.Layout | None = None) -> tuple:
     model = models.get(name, **dict(overrides))
     # A constant learning rate: the schedule's length does not matter.
     tx = optim.build({"name": "adam", "learning_rate": LEARNING_RATE, "eps": ADAM_EPS},
                      steps_per_epoch=1, num_epochs=1)
-    mesh = engine.make_mesh(members)
+    mesh = engine.layout_mesh(layout) if layout else engine.make_mesh(members)
     state = engine.init_members(model, tx, engine.member_keys(0, members),
                                 jnp.zeros((1, *IMAGE_SHAPE), jnp.float32), ema=False, mesh=mesh)
     return model, tx, mesh, state
@@ -131,8 +131,9 @@ def _initial_state(name: str, overrides: tuple, members: int) -> tuple:
 
 @functools.lru_cache(maxsize=None)
 def _train_step(name: str, overrides: tuple, members: int, batch: int, steps: int, strategy: str,
-                augment_items: tuple | None, steps_per_call: int = 1) -> tuple:
-    model, tx, mesh, _ = _initial_state(name, overrides, members)
+                augment_items: tuple | None, steps_per_call: int = 1,
+                layout: engine.Layout | None = None) -> tuple:
+    model, tx, mesh, _ = _initial_state(name, overrides, members, layout)
     images, labels = (engine.put_replicated(a, mesh) for a in _synthetic_data())
     keys = engine.member_keys(0, members)
     order = jax.device_put(
@@ -149,18 +150,20 @@ def _train_step(name: str, overrides: tuple, members: int, batch: int, steps: in
 
 def jax_timer(spec: Spec, *, batch: int, members: int, steps: int, warmup: int, strategy: str,
               augment_cfg: dict | None = None, dtype: str = "float32",
-              steps_per_call: int = 1, hparams: dict[str, Sequence[float]] | None = None) -> Timer:
+              steps_per_call: int = 1, hparams: dict[str, Sequence[float]] | None = None,
+              layout: engine.Layout | None = None) -> Timer:
     """Warmed up (compiled, then `warmup` calls): each call times `steps` real engine steps,
     `steps_per_call` of them per compiled call (a device loop; `steps` must be a multiple).
     `hparams` (`run.member_hparams` names -> one value per member) trains a sweep: the step reads them
-    from the member state."""
+    from the member state. `layout` (members, data) places them (default: the members alone over
+    the devices, `engine.make_mesh`)."""
     if steps % steps_per_call:
         raise ValueError(f"steps ({steps}) must be a multiple of steps_per_call ({steps_per_call})")
     name, overrides = spec[0], _model_fields(spec, dtype)
-    _, _, mesh, state = _initial_state(name, overrides, members)
+    _, _, mesh, state = _initial_state(name, overrides, members, layout)
     images, labels, order, train_step = _train_step(
         name, overrides, members, batch, steps, strategy,
-        None if augment_cfg is None else tuple(augment_cfg.items()), steps_per_call)
+        None if augment_cfg is None else tuple(augment_cfg.items()), steps_per_call, layout)
     state = jax.tree.map(jnp.copy, state)  # the step donates its state; keep the cached one.
     if hparams:
         state["hparams"] = jax.device_put({k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()},

@@ -12,20 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from mnist_jax import models
+from mnist_jax.engine import forward_flops
 from mnist_jax.platform import configure_cpu
 
 
 def count_params(params) -> int:
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
-
-
-def forward_flops(model, variables, x) -> float:
-    """XLA's FLOP estimate for `model.apply(variables, x, train=False)`, on any machine."""
-    traced = jax.jit(lambda v, x: model.apply(v, x, train=False)).trace(variables, x)
-    cost = traced.lower(lowering_platforms=("cuda",)).cost_analysis()
-    if isinstance(cost, (list, tuple)):  # Older jax returns one dict per device program.
-        cost = cost[0]
-    return float(cost["flops"])
 
 
 def main() -> None:

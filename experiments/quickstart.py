@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -37,7 +38,9 @@ def measure(workdir: Path) -> dict[str, Any]:
     shutil.rmtree(workdir, ignore_errors=True)  # from scratch: a resumed run would not be command 1
     command = [sys.executable, *COMMAND[1:], f"--workdir={workdir}"]
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    # As a first run: nothing compiled by an earlier one (main keeps its programs on disk).
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "MNIST_JAX_COMPILATION_CACHE": "0"})
     wall_time_s = time.perf_counter() - start
     if done.returncode:
         raise SystemExit(f"quickstart: the quick run failed ({done.returncode}): {done.stderr.strip()[-500:]}")

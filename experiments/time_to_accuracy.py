@@ -7,7 +7,7 @@ The ensemble grows in waves: wave w is one complete run of the config (its whole
 OUT/wave_WW) with seed `seed + w * num_members`, so every wave adds `num_members` new members. After
 wave k the ensemble is all members of waves 0..k, their probabilities averaged with equal weight;
 its test accuracy is plotted at the wall time since this script started: data loading,
-compilation, per-epoch validation, checkpoints, each wave's test evaluation and pictures all
+compilation (from scratch: no compilation cache is used), per-epoch validation, checkpoints, each wave's test evaluation and pictures all
 count. A new wave starts only while the elapsed time plus the previous wave's duration fits in the
 budget. Nothing is chosen from test numbers: the recipe and the wave rule are fixed before the
 run, each wave's test predictions are computed once when that wave ends, and the curve only
@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(table(json.loads(Path(args.table).read_text())))
         return {}
     configure_cpu()
+    # From a cold start, as every recorded run: no program compiled by an earlier run
+    # (`mnist_jax.main` keeps them; JAX_COMPILATION_CACHE_DIR would too) shortens the curve.
+    jax.config.update("jax_enable_compilation_cache", False)
     if args.budget_minutes <= 0 or args.max_waves < 1:
         parser.error("--budget-minutes must be > 0 and --max-waves >= 1")
     out = Path(args.out)

@@ -7,6 +7,7 @@ numbers of many runs stays cheap.
     view = analysis.load_run("runs/quick")
     view.results["ensemble"]["test_accuracy"], view.plot("confusion", "/tmp/c.png")
     view.evaluate(dataset="idx:data/fashion", split="test")
+    view.shift("rotate", [0, 90]), view.ood("fashion_mnist")   # under shift, out of distribution
     print(analysis.to_markdown(analysis.compare(["runs/m3", "runs/m5", "runs/m7"])))
     analysis.combine(["runs/m3", "runs/m5", "runs/m7"], method="vote")
 """
@@ -15,13 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import ml_collections
 import numpy as np
 
-from mnist_jax import checkpoint, config as config_lib, metrics, plots, run as run_lib, runfolder, selection
+from mnist_jax import checkpoint, config as config_lib, data, metrics, plots, run as run_lib, runfolder, selection
+from mnist_jax import shift as shift_lib
 from mnist_jax.evaluate import Evaluator
 
 PLOTS = runfolder.PICTURES
@@ -135,22 +138,19 @@ class RunView:
                                 f"run's model predicts {len(self.class_names)}; evaluate on a dataset "
                                 f"with the same classes")
         samples = (config.tta_samples or DEFAULT_TTA_SAMPLES) if tta else 0
-        views = list(self.groups.values()) or [self]
-        logits = np.concatenate([view._logits(split_data.images, samples) for view in views])
+        logits = self._row_logits(split_data.images, samples)
         steps = {name: view._restored.state.step for name, view in self.groups.items()}
         return {"dataset": config.dataset, "split": split,
                 "checkpoint_step": steps or self._restored.state.step, "tta_samples": samples,
                 **metrics.summarize(logits, split_data.labels, prefix="")}
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """Per-member class probabilities [M, N, C] of new uint8 images [N, H, W, 1] or [N, H, W]."""
+        """Per-row class probabilities [R, N, C] of new uint8 images [N, H, W, 1] or [N, H, W]
+        (a row per member, or per snapshot and SWA average: predictions.npz's rows)."""
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[..., None]
-        self._check_images(images, "images")
-        views = list(self.groups.values()) or [self]
-        return np.asarray(metrics.member_probs(
-            np.concatenate([view._logits(images, 0) for view in views])))
+        return np.asarray(metrics.member_probs(self._row_logits(images)))
 
     @functools.cached_property
     def groups(self) -> dict[str, RunView]:
@@ -158,13 +158,14 @@ class RunView:
         return {name: load_run(runfolder.group_dir(self.workdir, name)) for name in config_lib.group_configs(self.config)}
 
     def _logits(self, images: np.ndarray, tta_samples: int) -> np.ndarray:
-        """Per-member logits [M, N, C] of this (ungrouped) run's restored members."""
+        """Logits [R, N, C] of every ensemble row of this (ungrouped) run's restored members
+        (snapshot and SWA rows included, in predictions.npz's order)."""
         restored = self._restored
         predict = run_lib.predictor(restored.setup, tta=True) if tta_samples else restored.predict
         evaluator = Evaluator(predict, images, np.zeros(len(images), np.int32),
                               mesh=restored.setup.mesh, batch_size=self.config.eval_batch_size,
                               tta_samples=tta_samples)
-        return evaluator.logits(restored.state.members)
+        return evaluator.row_logits(run_lib.ensemble_rows(restored.setup, restored.state.members))
 
     def _check_images(self, images: np.ndarray, what: str) -> None:
         size = self.config.image_size
@@ -185,10 +186,143 @@ class RunView:
         setup, state = restore(self.workdir)
         return _Restored(setup, state, run_lib.predictor(setup))
 
+    # ------------------------------------------------------------------------- uncertainty
+
+    def shift(self, kind: str, levels: Sequence | None = None, *, seed: int = 0,
+              temperature: bool = False) -> list[dict[str, Any]]:
+        """The restored ensemble on its test split shifted by `kind` (`shift.KINDS`: rotate,
+        translate, corrupt) at each of `levels` (default: the kind's standard ones): one
+        {"level", "ensemble", "members"} per level (`metrics.uncertainty_summary`); with
+        `temperature`, also "ensemble_scaled" and "members_scaled" under `temperatures()`."""
+        try:
+            levels = shift_lib.check_levels(kind, levels)
+        except ValueError as e:
+            raise AnalysisError(str(e)) from None
+        test = run_lib.load_split(self.config, "test")
+        temperatures = self.temperatures() if temperature else None
+        entries = []
+        for level in levels:
+            logits = self._row_logits(shift_lib.apply(test.images, kind, level, seed=seed))
+            entry = {"level": level, **metrics.uncertainty_summary(logits, test.labels)}
+            if temperatures:
+                ensemble = logits / temperatures["ensemble"]
+                members = logits / np.reshape(temperatures["members"], (-1, 1, 1))
+                entry["ensemble_scaled"] = metrics.uncertainty_summary(ensemble, test.labels)["ensemble"]
+                entry["members_scaled"] = metrics.uncertainty_summary(members, test.labels)["members"]
+            entries.append(entry)
+        return entries
+
+    def ood(self, dataset: str, *, seed: int = 0) -> dict[str, Any]:
+        """How well the restored ensemble tells the test images of `dataset` (a `data.load` name
+        such as 'fashion_mnist', or a synthetic set of `shift.SYNTHETIC`: 'noise', 'inverted')
+        from its own test split: num_examples and `metrics.ood_summary` (AUROC, AUPR and FPR at
+        95 % TPR, OOD the positive class) under entropy, max probability and mutual information."""
+        return self._ood_entry(self._ood_images(dataset, seed))[0]
+
+    def temperatures(self) -> dict[str, Any]:
+        """Temperatures fitted on the validation split by NLL (`metrics.fit_temperature`): one
+        'ensemble' temperature for all members and one per member ('members'). A run without a
+        validation split is refused: fitting on test would flatter the scaled numbers."""
+        if not self.config.validation_size:
+            raise AnalysisError(f"{self.workdir} has no validation split (validation_size=0) to fit "
+                                f"a temperature on; train with validation_size > 0, or leave "
+                                f"temperature scaling out (temperature=False, --no-temperature)")
+        return self._fitted_temperatures
+
+    def uncertainty(self, shifts: Sequence[str] = (), oods: Sequence[str] = (), *, seed: int = 0,
+                    temperature: bool = True) -> dict[str, Any]:
+        """What `evaluate_main --shift --ood` writes to uncertainty.json (`runfolder.write_uncertainty`):
+        `shift(kind)` for each of `shifts` (with temperature-scaled numbers unless `temperature`
+        is False), `ood(name)` for each of `oods`, and on the clean test split the members'
+        diversity (mean pairwise disagreement, error correlation matrix), the accuracy-coverage
+        curve at 100 coverages ('selective', with its area) and histograms of the predictive
+        entropy in and out of distribution. Names and kinds are checked before any is computed."""
+        for kind in shifts:
+            try:
+                shift_lib.check_levels(kind)
+            except ValueError as e:
+                raise AnalysisError(str(e)) from None
+        for name in oods:
+            self._check_ood_name(name)
+        ood_images = {name: self._ood_images(name, seed) for name in oods}
+        temperature = temperature and bool(shifts)  # only the shifted sets report scaled numbers
+        temperatures = self.temperatures() if temperature else None
+        test_logits, labels = self._test_logits
+        steps = {name: view._restored.state.step for name, view in self.groups.items()}
+        result = {"checkpoint_step": steps or self._restored.state.step, "seed": seed,
+                  "units": {kind: shift_lib.KINDS[kind].unit for kind in shifts},
+                  "temperature": temperatures,
+                  "shift": {kind: self.shift(kind, seed=seed, temperature=temperature)
+                            for kind in shifts},
+                  "ood": {}}
+        entropies = {"test": metrics.predictive_entropy(test_logits)}
+        for name, images in ood_images.items():
+            result["ood"][name], out = self._ood_entry(images)
+            entropies[name] = metrics.predictive_entropy(out)
+        correlation = np.asarray(metrics.error_correlation(test_logits, labels))
+        result["diversity"] = {  # of the clean test split; a member without errors has no correlation
+            "disagreement": float(metrics.disagreement(test_logits).mean()),
+            "error_correlation": [[None if np.isnan(c) else round(float(c), 6) for c in row]
+                                  for row in correlation]}
+        curve = metrics.selective_prediction(metrics.ensemble_probs(test_logits), labels)
+        picks = np.ceil(np.arange(1, 101) / 100 * len(labels)).astype(int) - 1
+        result["selective"] = {"area": float(curve["area"]),
+                               "coverage": [round(float(c), 6) for c in np.asarray(curve["coverage"])[picks]],
+                               "accuracy": [round(float(a), 6) for a in np.asarray(curve["accuracy"])[picks]]}
+        edges = np.linspace(0.0, np.log(test_logits.shape[-1]), 31)  # nats, up to the uniform's
+        result["entropy_histogram"] = {
+            "edges": [round(float(e), 6) for e in edges],
+            "counts": {name: np.histogram(np.clip(h, 0.0, edges[-1]), edges)[0].tolist()
+                       for name, h in entropies.items()}}
+        return result
+
+    def _ood_entry(self, images: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+        """`ood`'s numbers for OOD images, and their logits [R, N, C]."""
+        out = self._row_logits(images)
+        return {"num_examples": len(images), **metrics.ood_summary(self._test_logits[0], out)}, out
+
+    def _row_logits(self, images: np.ndarray, tta_samples: int = 0) -> np.ndarray:
+        """Logits [R, N, C] of every ensemble row on uint8 images, groups joined in order."""
+        self._check_images(images, "images")
+        return np.concatenate([view._logits(images, tta_samples)
+                               for view in list(self.groups.values()) or [self]])
+
+    def _ood_images(self, name: str, seed: int) -> np.ndarray:
+        """The test images of OOD set `name`, refused in one line naming it when it is unknown or
+        its images are not the run's size."""
+        self._check_ood_name(name)
+        if name in shift_lib.SYNTHETIC:
+            return shift_lib.synthetic(name, run_lib.load_split(self.config, "test").images, seed=seed)
+        try:
+            return data.load(name, "test", image_size=self.config.image_size).images
+        except data.DataError as e:
+            raise AnalysisError(f"OOD set {name!r}: {e}") from None
+
+    @staticmethod
+    def _check_ood_name(name: str) -> None:
+        """Refuse a name that is neither synthetic nor a dataset's, before any data is read."""
+        if name not in shift_lib.SYNTHETIC and name not in data.NAMED and ":" not in name:
+            raise AnalysisError(f"unknown OOD set {name!r}; use {', '.join(shift_lib.SYNTHETIC)} or "
+                                f"a dataset: {data.NAME_FORMS}")
+
+    @functools.cached_property
+    def _test_logits(self) -> tuple[np.ndarray, np.ndarray]:
+        """Logits [R, N, C] of the run's own test split, and its labels."""
+        test = run_lib.load_split(self.config, "test")
+        return self._row_logits(test.images), test.labels
+
+    @functools.cached_property
+    def _fitted_temperatures(self) -> dict[str, Any]:
+        validation = run_lib.load_split(self.config, "validation")
+        logits = self._row_logits(validation.images)
+        members = metrics.fit_temperature(logits, validation.labels, per_member=True)
+        return {"ensemble": float(metrics.fit_temperature(logits, validation.labels)),
+                "members": [float(t) for t in np.asarray(members)]}
+
 
 def load_run(workdir: str | Path) -> RunView:
     """Read a run directory (config, metrics, results and test predictions); no model yet."""
-    workdir = Path(workdir)
+    workdir = runfolder.local_folder(workdir)
     if not workdir.is_dir():
         raise AnalysisError(f"{workdir} is not a folder; pass the --workdir of a training run")
     config, class_names = _read_config(workdir)
@@ -304,9 +438,12 @@ def sweep_table(workdir: str | Path) -> list[dict[str, Any]]:
              "val_accuracy": m["val_accuracy"]} for m in members]
 
 
-def select(workdirs: list[str | Path], method: str = "greedy", size: int = 10) -> dict[str, Any]:
-    """An ensemble chosen from the members of one or more runs on the validation split
-    (`selection.greedy` or `selection.top_k`), then scored on the test split once.
+def select(workdirs: list[str | Path], method: str = "greedy", size: int = 10, tta: bool = False
+           ) -> dict[str, Any]:
+    """An ensemble chosen from the members (rows of predictions.npz) of one or more runs on the
+    validation split (`selection.greedy` or `selection.top_k`), then scored on the test split
+    once; with `tta`, chosen on the test-time-augmented validation probabilities and scored on
+    the augmented test ones (runs with config.tta_samples > 0).
 
     Returns the choice (each chosen member's run, index and weight), its validation accuracy and
     NLL, and the test numbers of the chosen ensemble (mean probability, weights by count)."""
@@ -315,20 +452,21 @@ def select(workdirs: list[str | Path], method: str = "greedy", size: int = 10) -
     if not workdirs:
         raise AnalysisError("select needs at least one run directory")
     views = [load_run(w) for w in workdirs]
+    val_key, test_key = ("val_tta_probs", "tta_probs") if tta else ("val_probs", "probs")
     members, val, test = [], [], []
     for view in views:
         predictions = view.predictions
-        if predictions is None or "val_probs" not in predictions:
-            raise AnalysisError(f"{runfolder.predictions_path(view.workdir)} has no validation "
-                                f"predictions to choose on; the run needs validation_size > 0 and a "
-                                f"finished test evaluation")
+        if predictions is None or val_key not in predictions:
+            raise AnalysisError(f"{runfolder.predictions_path(view.workdir)} has no {val_key} to "
+                                f"choose on; the run needs validation_size > 0"
+                                f"{' and tta_samples > 0' if tta else ''} and a finished test evaluation")
         for key, first in (("val_labels", views[0]), ("labels", views[0])):
             if not np.array_equal(predictions[key], first.predictions[key]):
                 raise AnalysisError(f"{view.workdir} and {first.workdir} hold other {key}; "
                                     f"select from runs of the same dataset and validation split")
-        members += [(str(view.workdir), i) for i in range(len(predictions["val_probs"]))]
-        val.append(predictions["val_probs"])
-        test.append(predictions["probs"])
+        members += [(str(view.workdir), i) for i in range(len(predictions[val_key]))]
+        val.append(predictions[val_key])
+        test.append(predictions[test_key])
     val_probs, test_probs = np.concatenate(val), np.concatenate(test)
     val_labels, test_labels = views[0].predictions["val_labels"], views[0].predictions["labels"]
     try:
@@ -345,6 +483,7 @@ def select(workdirs: list[str | Path], method: str = "greedy", size: int = 10) -
     return {
         "method": method,
         "size": size,
+        "tta": tta,
         "runs": [str(view.workdir) for view in views],
         "candidates": len(members),
         "chosen": [{"run": members[i][0], "member": members[i][1], "weight": int(counts[i])}

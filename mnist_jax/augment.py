@@ -84,6 +84,13 @@ def build(cfg: ml_collections.ConfigDict, *, test_time: bool = False,
     return augment_fn
 
 
+def moves_pixels(cfg: ml_collections.ConfigDict) -> bool:
+    """Whether the section changes images at all (else `build` is the identity, and a
+    test-time-augmented pass is the plain one)."""
+    static = _validated(cfg)
+    return any(static[f] for f in ("rotation", "shift", "shear", "zoom", "elastic_alpha", "crop"))
+
+
 def eval_view(cfg: ml_collections.ConfigDict) -> AugmentFn | None:
     """What a model trained with `cfg` is evaluated on (without TTA): the centre crop resized back
     when training crops, since every training image was a zoomed-in crop; else the image as it is
@@ -182,6 +189,15 @@ def center_crop_resize(images: jax.Array, *, size: int) -> jax.Array:
     return affine(images, _center_crop_matrix(images.shape[1], images.shape[2], size))
 
 
+def gaussian_blur(images: jax.Array, *, sigma: float) -> jax.Array:
+    """Each image blurred by a Gaussian of std `sigma` pixels, zero-padded (the background fills
+    in from outside) and truncated at 4 sigma, as scipy's `gaussian_filter(mode="constant")`."""
+    _check_images(images)
+    if isinstance(sigma, bool) or not isinstance(sigma, Real) or not sigma > 0:
+        raise ValueError(f"gaussian_blur: sigma must be a positive number (pixels), got {sigma!r}")
+    return jnp.clip(_smooth(images, sigma), 0.0, 1.0).astype(images.dtype)
+
+
 def _affine_coords(matrices: jax.Array, height: int, width: int) -> jax.Array:
     """[B, H, W, 2] input (row, col) positions read by each output pixel, from [B, 2|3, 3] maps."""
     centre = jnp.array([(height - 1) / 2, (width - 1) / 2], jnp.float32)
@@ -196,9 +212,14 @@ def _elastic_field(key: jax.Array, batch: int, height: int, width: int, alpha: f
     if isinstance(sigma, bool) or not isinstance(sigma, Real) or not sigma > 0:
         raise ValueError(f"elastic: sigma must be a positive number (pixels), got {sigma!r}")
     noise = jax.random.uniform(key, (batch, height, width, 2), jnp.float32, -1.0, 1.0)
-    # The separable Gaussian blur as two banded matrix products: exact, and cheap at 28x28.
-    return jnp.einsum("ij,bjkd,lk->bild", _gaussian_matrix(height, sigma), noise,
-                      _gaussian_matrix(width, sigma)) * alpha
+    return _smooth(noise, sigma) * alpha
+
+
+def _smooth(values: jax.Array, sigma: float) -> jax.Array:
+    """values [B, H, W, C] blurred per channel by a zero-padded Gaussian of std `sigma` pixels:
+    the separable blur as two banded matrix products, exact and cheap at 28x28."""
+    return jnp.einsum("ij,bjkd,lk->bild", _gaussian_matrix(values.shape[1], sigma), values,
+                      _gaussian_matrix(values.shape[2], sigma))
 
 
 def _random_affine_matrices(key: jax.Array, batch: int, height: int, width: int, *,

@@ -58,8 +58,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.l1_params = "head/kernel"  # regex on '/'-joined parameter paths that get the L1 penalty.
     c.ema_decay = 0.0  # 0: off; else evaluate an exponential moving average of the parameters
     # (decay min(ema_decay, (1 + step) / (10 + step)), so it follows the weights early on).
+    # Snapshot ensembles: `cycles` > 0 replaces the learning-rate schedule after `warm_epochs` of
+    # the config's own by that many equal cycles from high to low (factors on the peak rate;
+    # shape 'cosine', Huang et al. 2017, or 'fge', Garipov et al. 2018), and keeps each member's
+    # evaluated weights at the end of every cycle: each snapshot is one row of the ensemble.
+    c.snapshot = ml_collections.ConfigDict(
+        {"cycles": 0, "shape": "cosine", "warm_epochs": 0, "high": 1.0, "low": 0.0})
+    # Stochastic weight averaging (Izmailov et al. 2018): `epochs` > 0 averages each member's
+    # weights after every step of its last `epochs` epochs, then recomputes their BatchNorm
+    # statistics over `bn_batches` training batches (0: one epoch's); one more ensemble row.
+    c.swa = ml_collections.ConfigDict({"epochs": 0, "bn_batches": 0})
     c.member_strategy = "auto"  # vmap | unroll (members one after another) | auto (per backend).
-    # on: devices the members cannot fill split each member's batch (a members x data mesh);
+    # on: each member's batch may be split over devices (a members x data mesh) where
+    # engine.mesh_shape's cost rule says it pays;
     # auto: on GPU/TPU, off on the CPU (engine.data_parallel_default).
     c.data_parallel = "auto"
     c.steps_per_call = 0  # >0: train steps per compiled call (a device loop); 0: per backend.
@@ -78,6 +89,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_epochs = 1
     c.keep_checkpoints = 3
     c.log_every_steps = 50
+    # Off a terminal (a log file, CI, a cluster job), a progress line at most this often during
+    # an epoch, at the loop's looks (log_every_steps); 0: at every look. A terminal gets the bar.
+    c.progress_seconds = 30.0
     return c
 
 
@@ -193,10 +207,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.l1 >= 0.0, f"l1 must be >= 0, got {config.l1}")
     need(0.0 <= config.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {config.ema_decay}")
     need(config.tta_samples >= 0, f"tta_samples must be >= 0, got {config.tta_samples}")
+    need(isinstance(config.swa.epochs, int) and 0 <= config.swa.epochs <= config.num_epochs,
+         f"swa.epochs must be an int in [0, num_epochs={config.num_epochs}] (0: off), got "
+         f"{config.swa.epochs!r}")
+    need(isinstance(config.swa.bn_batches, int) and config.swa.bn_batches >= 0,
+         f"swa.bn_batches must be an int >= 0 (0: one epoch's batches), got {config.swa.bn_batches!r}")
     need(config.checkpoint_every_epochs >= 1,
          f"checkpoint_every_epochs must be >= 1, got {config.checkpoint_every_epochs}")
     need(config.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
     need(config.log_every_steps >= 1, f"log_every_steps must be >= 1, got {config.log_every_steps}")
+    need(config.progress_seconds >= 0, f"progress_seconds must be >= 0, got {config.progress_seconds}")
     need(config.member_strategy in MEMBER_STRATEGIES,
          f"unknown member_strategy {config.member_strategy!r}; valid: {', '.join(MEMBER_STRATEGIES)}")
     need(config.steps_per_call >= 0, f"steps_per_call must be >= 0, got {config.steps_per_call}")
@@ -288,7 +308,7 @@ def fingerprint(config: ml_collections.ConfigDict) -> dict:
     resolved = json.loads(config.to_json())
     for bookkeeping in ("checkpoint_every_epochs", "keep_checkpoints", "log_every_steps",
                         "eval_batch_size", "tta_samples", "data_dir", "member_strategy",
-                        "data_parallel", "steps_per_call"):
+                        "data_parallel", "steps_per_call", "progress_seconds"):
         resolved.pop(bookkeeping, None)
     return resolved
 

@@ -6,16 +6,19 @@ trained together equal members trained alone, and a resumed run replays exactly.
 
 The mesh is 2-D, members × data. Members are independent, so the member axis is split with
 `shard_map` and needs no collective; inside a device, members run either vectorised (`vmap`) or
-unrolled one after another in the same program (`unroll`, faster on the CPU). Where members alone
-cannot fill the devices (15 members on 8 GPUs, or 1), each member's batch is split over the data
-axis: `shard_map` leaves that axis to XLA, which partitions the batch and reduces gradients and
-BatchNorm statistics across it, so the numbers are those of one device up to float rounding.
+unrolled one after another in the same program (`unroll`, faster on the CPU). Where a cost rule
+says the devices' work saved outweighs the collectives (`mesh_shape`: 1 member on 8 GPUs, not 35),
+each member's batch is split over the data axis: `shard_map` leaves that axis to XLA, which
+partitions the batch and reduces gradients and BatchNorm statistics across it, so the numbers are
+those of one device (drawing with the partitionable threefry) up to float rounding.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -24,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mnist_jax.ops.norm import BATCH_MOMENTS
 
 MEMBER_AXIS = "members"
 # A sweep's per-member values the train step reads from `state["hparams"]` (else its own
@@ -37,7 +42,16 @@ EVAL_PAIRS_PER_DEVICE = 8000
 State = dict[str, Any]
 
 # Sub-streams of a member's key: fold_in(member_key, STREAM) keeps them independent.
-_INIT, _BAG, _ORDER, _NOISE = range(4)
+_INIT, _BAG, _ORDER, _NOISE, _SWA_BN = range(5)
+
+
+def _with_threefry(fn: Callable, partitionable: bool) -> Callable:
+    """Run `fn` with the classic or the partitionable threefry."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.threefry_partitionable(partitionable):
+            return fn(*args, **kwargs)
+    return wrapped
 
 
 def _classic_threefry(fn: Callable) -> Callable:
@@ -47,11 +61,16 @@ def _classic_threefry(fn: Callable) -> Callable:
     here needs the partitionable variant, and XLA:CPU compiled programs drawing with it several
     times slower (an exploratory timing of the init of three tiny20k members).
     """
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        with jax.threefry_partitionable(False):
-            return fn(*args, **kwargs)
-    return wrapped
+    return _with_threefry(fn, False)
+
+
+def partitionable_threefry(mesh: Mesh) -> bool:
+    """Whether the train step draws dropout and augmentation with the partitionable threefry:
+    only where a member's batch spans devices (a data axis), so that each device draws its own
+    share; the classic one would draw the whole batch on every device and exchange the bits
+    (collective-permutes and all-gathers in the compiled step). Members that each sit on one
+    device keep the classic numbers, bitwise (tests/test_engine.py)."""
+    return mesh.shape[DATA_AXIS] > 1
 
 
 def member_keys(seed: int, num_members: int) -> jax.Array:
@@ -59,35 +78,120 @@ def member_keys(seed: int, num_members: int) -> jax.Array:
     return jnp.stack([jax.random.PRNGKey(seed + i) for i in range(num_members)])
 
 
+# What a byte through a collective costs, in FLOPs of the device that sends it: an H100 SXM runs
+# ~500 TFLOP/s in TF32 (~1,000 in bfloat16) against NVLink's 450 GB/s each way, a TPU v5e 197
+# TFLOP/s against ~200 GB/s of ICI. An order of magnitude is what the choice needs (layouts
+# differ by factors); GPUs linked by PCIe pay ~30x more a byte.
+FLOPS_PER_COLLECTIVE_BYTE = 1000.0
+Layout = tuple[int, int]  # (devices along the member axis, along the data axis)
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberCost:
+    """One member's training step as `layout_cost` weighs it (`member_cost` makes it)."""
+    flops_per_image: float  # 3 x XLA's FLOPs of a forward pass (backward ~ 2 x forward)
+    collective_bytes: float  # all-reduced per step when its batch is split: float32 gradients + BN statistics
+
+
+def forward_flops(model: nn.Module, variables: Any, x: jax.ShapeDtypeStruct) -> float:
+    """XLA's FLOP estimate for `model.apply(variables, x, train=False)`, on any machine: lowered
+    for CUDA, so no oneDNN custom call (whose FLOPs XLA cannot count) hides a convolution."""
+    traced = jax.jit(lambda v, x: model.apply(v, x, train=False)).trace(variables, x)
+    cost = traced.lower(lowering_platforms=("cuda",)).cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per device program
+        cost = cost[0]
+    return float(cost["flops"])
+
+
+def member_cost(model: nn.Module, image_shape: tuple[int, ...]) -> MemberCost:
+    """`model`'s MemberCost on images of `image_shape` (height, width, channels), from shapes
+    alone: nothing is computed or compiled."""
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    variables = jax.eval_shape(lambda: model.init(
+        {"params": jax.random.key(0), "dropout": jax.random.key(1)}, jnp.zeros(x.shape), train=False))
+    reduced = jax.tree.leaves((variables["params"], variables.get("batch_stats", {})))
+    return MemberCost(3 * forward_flops(model, variables, x), 4.0 * sum(leaf.size for leaf in reduced))
+
+
+def layouts(num_members: int, num_devices: int, *, data_parallel: bool,
+            batch_sizes: tuple[int, ...] = ()) -> list[Layout]:
+    """The layouts `mesh_shape` weighs: first the members alone over the most devices (the member
+    axis the largest divisor of the member count that fits), then, with data parallelism, each
+    divisor of the member count with the widest data axis that fits beside it and divides every
+    batch size. A narrower data axis is left out: it all-reduces as many bytes for more work."""
+    divisors = [m for m in range(1, min(num_members, num_devices) + 1) if num_members % m == 0]
+    found = [(divisors[-1], 1)]
+    for members in divisors if data_parallel else ():
+        data = max(d for d in range(1, num_devices // members + 1) if all(b % d == 0 for b in batch_sizes))
+        if data > 1:
+            found.append((members, data))
+    return found
+
+
+def layout_cost(layout: Layout, num_members: int, batch_size: int, cost: MemberCost,
+                strategy: str) -> float:
+    """A step's cost on one device, in FLOPs: its members' share of the batch x FLOPs per image,
+    plus FLOPS_PER_COLLECTIVE_BYTE x the bytes its data axis all-reduces for them.
+
+    Vectorised members that share a device save no work by splitting their batch: XLA does not
+    partition a vmapped (grouped) convolution's weight gradient over the batch but gathers the
+    activations of the whole batch on every device (tests/test_layouts.py counts it in the
+    compiled steps; experiments/results/speed.md, "Layouts by cost"), so they count the whole batch.
+    """
+    members, data = num_members // layout[0], layout[1]
+    if data == 1:
+        return members * batch_size * cost.flops_per_image
+    images = batch_size if strategy == "vmap" and members > 1 else batch_size / data
+    return members * (images * cost.flops_per_image + FLOPS_PER_COLLECTIVE_BYTE * cost.collective_bytes)
+
+
 def mesh_shape(num_members: int, num_devices: int, *, data_parallel: bool,
-               batch_sizes: tuple[int, ...] = ()) -> tuple[int, int]:
-    """(members, data): the layout that uses the most devices, the member axis a divisor of the
-    member count and the data axis one of every batch size; of equals, the most members apart
-    (no collectives). 8 members on 4 devices: (4, 1); 15 on 8: (1, 8); without data parallelism
-    the data axis is 1 (15 on 8: (5, 1))."""
-    best = (1, 1)
-    for members in range(1, num_devices + 1):
-        if num_members % members:
-            continue
-        most = num_devices // members if data_parallel else 1
-        data = max(d for d in range(1, most + 1) if all(b % d == 0 for b in batch_sizes))
-        if members * data >= best[0] * best[1]:
-            best = (members, data)
-    return best
+               batch_sizes: tuple[int, ...] = (), strategy: str = "vmap",
+               member_cost: MemberCost | None = None,
+               costs: Mapping[Layout, float] | None = None) -> Layout:
+    """(members, data): the cheapest of `layouts`, by this rule.
+
+    A data axis splits each member's batch over devices, which cuts a device's work, and
+    all-reduces every member's gradients and BatchNorm statistics every step; it is taken only
+    where the work it saves outweighs those bytes (`layout_cost`, from the model's
+    `member_cost`). `costs` (per layout: step times `experiments/accelerator_check.py` measured,
+    or the costs of the compiled steps) replaces the estimate: the cheapest layout it lists wins.
+    Without either, or without a batch size, no data axis: its cost is unknown. Of equals, the
+    earlier layout (fewer collectives). 35 members on 8 devices: (7, 1), five members a device
+    and no collective, not (1, 8), which all-reduces all 35 members' gradients on every device;
+    1 tiny20k member on 8 devices: (1, 8).
+    """
+    candidates = layouts(num_members, num_devices, data_parallel=data_parallel, batch_sizes=batch_sizes)
+    if costs is not None:
+        listed = [c for c in candidates if c in costs]
+        if not listed:
+            raise ValueError(f"the costs given ({sorted(costs)}) name none of the layouts {candidates}")
+        return min(listed, key=costs.__getitem__)
+    if member_cost is None or not batch_sizes:
+        return candidates[0]
+    return min(candidates, key=lambda c: layout_cost(c, num_members, max(batch_sizes), member_cost, strategy))
 
 
-def make_mesh(num_members: int, devices: list | None = None, *, data_parallel: bool = False,
-              batch_sizes: tuple[int, ...] = ()) -> Mesh:
-    """A members × data mesh (`mesh_shape`) over the first devices."""
+def layout_mesh(layout: Layout, devices: list | None = None) -> Mesh:
+    """The members × data mesh of `layout` over the first devices."""
     devices = list(jax.devices() if devices is None else devices)
-    members, data = mesh_shape(num_members, len(devices), data_parallel=data_parallel,
-                               batch_sizes=batch_sizes)
+    members, data = layout
     return Mesh(np.array(devices[:members * data]).reshape(members, data), (MEMBER_AXIS, DATA_AXIS))
 
 
+def make_mesh(num_members: int, devices: list | None = None, *, data_parallel: bool = False,
+              batch_sizes: tuple[int, ...] = (), strategy: str = "vmap",
+              member_cost: MemberCost | None = None) -> Mesh:
+    """The mesh of `mesh_shape`'s layout over the first devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    return layout_mesh(mesh_shape(num_members, len(devices), data_parallel=data_parallel,
+                                  batch_sizes=batch_sizes, strategy=strategy,
+                                  member_cost=member_cost), devices)
+
+
 def data_parallel_default() -> bool:
-    """Split batches over devices on GPU/TPU; not on the CPU, where members already fill the
-    cores and oneDNN's custom calls cannot be partitioned (XLA would replicate them)."""
+    """Let `mesh_shape` weigh a data axis on GPU/TPU; not on the CPU, where members already fill
+    the cores and oneDNN's custom calls cannot be partitioned (XLA would replicate them)."""
     return jax.default_backend() != "cpu"
 
 
@@ -154,21 +258,27 @@ def _per_member(fn: Callable, strategy: str) -> Callable:
 
 def init_members(model: nn.Module, tx: optax.GradientTransformation, keys: jax.Array,
                  sample: jax.Array, *, ema: bool, mesh: Mesh,
-                 hparams: dict[str, jax.Array] | None = None) -> State:
+                 hparams: dict[str, jax.Array] | None = None, snapshots: int = 0,
+                 swa: bool = False) -> State:
     """Initial state of every member, laid out over the mesh. `hparams` (name -> [M] values) are
-    a sweep's per-member hyperparameters, which the train step reads from the state;
-    without a sweep the state has no `hparams` (so checkpoints from before sweeps still load)."""
+    a sweep's per-member hyperparameters, which the train step reads from the state; `snapshots`
+    slots hold the weights taken at the end of each cycle (`take_snapshot`) and `swa` the running
+    average of the weights (`make_train_step`'s `swa_start`). Each part is in the state only when
+    used, so checkpoints from before it still load."""
     def init_one(key, hparams):
         k_params, k_dropout = jax.random.split(jax.random.fold_in(key, _INIT))
         variables = model.init({"params": k_params, "dropout": k_dropout}, sample, train=False)
         params = variables["params"]
+        weights = {"params": params, "batch_stats": variables.get("batch_stats", {})}
         return {
-            "params": params,
-            "batch_stats": variables.get("batch_stats", {}),
+            **weights,
             "opt_state": tx.init(params),
             "ema_params": params if ema else {},
             "key": key,
             **({"hparams": hparams} if hparams else {}),
+            **({"snapshots": jax.tree.map(lambda a: jnp.zeros((snapshots, *a.shape), a.dtype), weights)}
+               if snapshots else {}),
+            **({"swa": weights} if swa else {}),
         }
     init_all = jax.jit(jax.vmap(init_one), out_shardings=member_sharding(mesh))
     return _classic_threefry(init_all)(keys, {k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()})
@@ -213,14 +323,15 @@ def new_metrics(num_members: int) -> dict[str, jax.Array]:
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, mesh: Mesh,
                     augment_fn: Callable | None, steps_per_epoch: int, batch_size: int,
                     label_smoothing: float, l1: float, l1_params: str, ema_decay: float,
-                    strategy: str, steps_per_call: int = 1) -> Callable:
+                    strategy: str, steps_per_call: int = 1, swa_start: int | None = None) -> Callable:
     """Compile `train_step(state, metrics, step, images, labels, order) -> (state, metrics, next)`.
 
     Steps `step .. step + steps_per_call - 1` of every member, each reading its batch from the
     on-device uint8 dataset through the epoch `order`; `next` is the device-side step counter to
     pass back, so nothing is uploaded from the host per call. Several steps per call (a
     `fori_loop` on the device) spare the step the host's dispatch gaps (`default_steps_per_call`).
-    The steps must stay within one epoch (`order`).
+    The steps must stay within one epoch (`order`). From step `swa_start` on, `state["swa"]`
+    holds the running mean of the parameters after every step (the raw ones, not the EMA).
     """
     def loss_fn(params, batch_stats, x, y, key, l1_mask, label_smoothing):
         logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, x,
@@ -262,6 +373,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, mesh:
             ema_params = optax.incremental_update(params, ema_params, 1.0 - decay)
         member = {**member, "params": params, "batch_stats": batch_stats, "opt_state": opt_state,
                   "ema_params": ema_params}
+        if swa_start is not None:  # the mean of the n + 1 parameter sets since swa_start
+            n = (step - swa_start).astype(jnp.float32)
+            member["swa"] = {**member["swa"], "params": jax.tree.map(
+                lambda mean, p: jnp.where(n >= 0, mean + (p - mean) / (n + 1.0), mean),
+                member["swa"]["params"], params)}
         metrics = {
             "loss_sum": metrics["loss_sum"] + loss,
             "correct": metrics["correct"] + correct,
@@ -285,18 +401,72 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, mesh:
     sharded = _shard_members(
         steps, mesh, in_specs=(P(MEMBER_AXIS), P(MEMBER_AXIS), P(), P(), P(), P(MEMBER_AXIS)),
         out_specs=(P(MEMBER_AXIS), P(MEMBER_AXIS), P()))
-    return _classic_threefry(jax.jit(sharded, donate_argnums=(0, 1, 2)))
+    return _with_threefry(jax.jit(sharded, donate_argnums=(0, 1, 2)), partitionable_threefry(mesh))
 
 
-def make_predict(model: nn.Module, *, mesh: Mesh, strategy: str, use_ema: bool,
+def evaluated_weights(members: State, *, use_ema: bool) -> State:
+    """What each member is evaluated with now: {"params" (the EMA when kept), "batch_stats"}."""
+    return {"params": members["ema_params"] if use_ema else members["params"],
+            "batch_stats": members["batch_stats"]}
+
+
+def take_snapshot(members: State, index: int, *, use_ema: bool, mesh: Mesh) -> State:
+    """`members` with their evaluated weights written into snapshot slot `index`."""
+    return _take_snapshot(members, index, use_ema, member_sharding(mesh))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3), donate_argnums=0)
+def _take_snapshot(members, index, use_ema, sharding):
+    weights = evaluated_weights(members, use_ema=use_ema)
+    snapshots = jax.tree.map(lambda slots, w: slots.at[:, index].set(w), members["snapshots"], weights)
+    return jax.lax.with_sharding_constraint({**members, "snapshots": snapshots}, sharding)
+
+
+def make_recompute_bn(model: nn.Module, *, mesh: Mesh, augment_fn: Callable | None,
+                      batch_size: int, num_batches: int, strategy: str) -> Callable:
+    """Compile `recompute(state, images, order) -> state` whose `state["swa"]["batch_stats"]` are
+    the mean, over the first `num_batches` batches of the epoch `order`, of each BatchNorm
+    layer's own batch statistics under the SWA weights (Izmailov et al.'s bn_update: the running
+    averages belong to other weights). The batches pass as in training (augmentation, dropout),
+    with keys of their own; nothing else in the state changes."""
+    def member_stats(carry, images):
+        member, order = carry
+        hparams = member.get("hparams", {})
+        key = jax.random.fold_in(member["key"], _SWA_BN)
+
+        def batch_moments(i):
+            idx = _split_batch(jax.lax.dynamic_slice_in_dim(order, i * batch_size, batch_size), mesh)
+            x = _split_batch(images[idx].astype(jnp.float32) / 255.0, mesh)
+            k_aug, k_dropout = jax.random.split(jax.random.fold_in(key, i))
+            if augment_fn is not None:
+                x = augment_fn(k_aug, x, {k: hparams[k] for k in AUGMENT_HPARAMS if k in hparams})
+            _, moments = model.apply({"params": member["swa"]["params"],
+                                      "batch_stats": member["swa"]["batch_stats"]}, x, train=True,
+                                     rngs={"dropout": k_dropout}, mutable=["batch_stats", BATCH_MOMENTS])
+            return moments.get(BATCH_MOMENTS, {})
+
+        sums = jax.lax.fori_loop(1, num_batches, lambda i, total: jax.tree.map(
+            jnp.add, total, batch_moments(i)), batch_moments(0))
+        stats = jax.tree.map(lambda total: total / num_batches, sums)
+        return {**member, "swa": {**member["swa"], "batch_stats": stats}}
+
+    run = _per_member(member_stats, strategy)
+    sharded = _shard_members(lambda state, images, order: run((state, order), images), mesh,
+                             in_specs=(P(MEMBER_AXIS), P(), P(MEMBER_AXIS)), out_specs=P(MEMBER_AXIS))
+    return _with_threefry(jax.jit(sharded, donate_argnums=0), partitionable_threefry(mesh))
+
+
+def make_predict(model: nn.Module, *, mesh: Mesh, strategy: str,
                  augment_fn: Callable | None = None) -> Callable:
-    """Compile `predict(state, images_uint8, key) -> float32 logits [M, B, C]` in eval mode."""
+    """Compile `predict(weights, images_uint8, key) -> float32 logits [M, B, C]` in eval mode, of
+    weights {"params", "batch_stats"} with a leading member axis (`evaluated_weights`, or a
+    snapshot or SWA row: `run.ensemble_rows`)."""
     def member_logits(member, images, key):
         x = _split_batch(images.astype(jnp.float32) / 255.0, mesh)
         if augment_fn is not None:
             x = augment_fn(jax.random.fold_in(key, 0), x)
-        params = member["ema_params"] if use_ema else member["params"]
-        logits = model.apply({"params": params, "batch_stats": member["batch_stats"]}, x, train=False)
+        logits = model.apply({"params": member["params"], "batch_stats": member["batch_stats"]},
+                             x, train=False)
         return logits.astype(jnp.float32)
 
     run = _per_member(member_logits, strategy)

@@ -34,12 +34,20 @@ class Evaluator:
         self._device_images: tuple[int, jax.Array] | None = None
 
     def logits(self, members: Any) -> np.ndarray:
-        """Float32 logits [M, N, C] of every member on every image of the split."""
+        """Float32 logits [M, N, C] of every member's weights (`predict`'s first argument) on
+        every image of the split."""
         if not self.tta_samples:
             return self._pass(members, jax.random.PRNGKey(0))
         probs = np.mean([np.asarray(metrics.member_probs(self._pass(members, jax.random.PRNGKey(s))))
                          for s in range(self.tta_samples)], axis=0)
         return metrics.probs_as_logits(probs)
+
+    def row_logits(self, rows: list[Any]) -> np.ndarray:
+        """Logits [M * R, N, C] of every ensemble row (`run.ensemble_rows`: R weight sets with
+        the member axis leading), member-major: row m * R + r is row r of member m. Each row set
+        goes through the same compiled `predict`."""
+        logits = np.stack([self.logits(weights) for weights in rows], axis=1)
+        return logits.reshape(-1, *logits.shape[2:])
 
     def run(self, members: Any) -> dict[str, Any]:
         """`metrics.summarize` of the split, unprefixed: accuracy, nll, member_accuracy, ..."""

@@ -36,7 +36,7 @@ def train_step_text(config: ml_collections.ConfigDict, platform: str, num_classe
             jax.ShapeDtypeStruct((images, size, size, 1), jnp.uint8),
             jax.ShapeDtypeStruct((images,), jnp.int32),
             jax.ShapeDtypeStruct((config.num_members, images), jnp.int32))
-    with jax.threefry_partitionable(False):  # as the engine runs it
+    with jax.threefry_partitionable(engine.partitionable_threefry(setup.mesh)):  # as the engine runs it
         return step.__wrapped__.trace(*args).lower(lowering_platforms=(platform,)).as_text()
 
 

@@ -69,13 +69,24 @@ def default_config() -> ml_collections.ConfigDict:
     })
 
 
-def make_schedules(cfg: Config, *, steps_per_epoch: int, num_epochs: int) -> dict[str, Schedule]:
+def make_schedules(cfg: Config, *, steps_per_epoch: int, num_epochs: int,
+                   snapshot: Config | None = None) -> dict[str, Schedule]:
     """Hyperparameter name -> schedule of the update count.
 
     Always has "learning_rate"; with `schedule.cycle_momentum` also "b1" (adam family) or
-    "momentum" (sgd), named after the optimiser argument it drives.
+    "momentum" (sgd), named after the optimiser argument it drives. A `snapshot` section with
+    `cycles` > 0 (config.snapshot) replaces the learning rate by `cyclic_schedule`'s cycles.
     """
-    cfg = _resolve(cfg, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
+    cfg = _resolve(cfg, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs, snapshot=snapshot)
+    if snapshot is not None and snapshot["cycles"]:
+        return {"learning_rate": cyclic_schedule(cfg, snapshot, steps_per_epoch=steps_per_epoch,
+                                                 num_epochs=num_epochs)}
+    return _schedules(cfg, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
+
+
+def _schedules(cfg: ml_collections.ConfigDict, *, steps_per_epoch: int, num_epochs: int
+               ) -> dict[str, Schedule]:
+    """The config's own schedules over `num_epochs` (cfg already resolved)."""
     sched, lr = cfg.schedule, cfg.learning_rate
     total_steps = steps_per_epoch * num_epochs
     if sched.name == "constant":
@@ -98,13 +109,64 @@ def make_schedules(cfg: Config, *, steps_per_epoch: int, num_epochs: int) -> dic
     return schedules
 
 
+def peak_learning_rate(cfg: Config) -> float:
+    """The highest rate of the config's schedule: the largest piecewise value, else
+    `learning_rate` (the peak of one_cycle and warmup_cosine, the start of the others)."""
+    if cfg["schedule"]["name"] == "piecewise":
+        return float(max(cfg["schedule"]["values"]))
+    return float(cfg["learning_rate"])
+
+
+def cyclic_schedule(cfg: Config, snapshot: Config, *, steps_per_epoch: int, num_epochs: int) -> Schedule:
+    """Snapshot ensembles' learning rate: `warm_epochs` of the config's own schedule (built over
+    those epochs, so it runs its whole course there), then `cycles` equal cycles over the rest.
+
+    Each cycle runs from `high` to `low` (factors on `peak_learning_rate`) and ends at `low`,
+    where the snapshot is taken: 'cosine' is Huang et al. (2017), low + (high - low) / 2 *
+    (1 + cos(pi * t / c)) at step t of a cycle of c steps; 'fge' is Garipov et al.'s (2018)
+    triangle, shifted half a cycle so that it ends at its low point: up from low to high in the
+    first half, back down to low at the cycle's last step.
+    """
+    cfg = _resolve(cfg, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs, snapshot=snapshot)
+    peak = peak_learning_rate(cfg)
+    high, low = snapshot["high"] * peak, snapshot["low"] * peak
+    warm_steps = snapshot["warm_epochs"] * steps_per_epoch
+    cycle_steps = (num_epochs - snapshot["warm_epochs"]) * steps_per_epoch // snapshot["cycles"]
+    last = snapshot["cycles"] * cycle_steps - 1
+    warm = (_schedules(cfg, steps_per_epoch=steps_per_epoch, num_epochs=snapshot["warm_epochs"])
+            ["learning_rate"] if warm_steps else None)
+
+    def schedule(step):
+        step = jnp.asarray(step)
+        t = jnp.clip(step - warm_steps, 0, last) % cycle_steps
+        if snapshot["shape"] == "cosine":
+            lr = low + (high - low) / 2.0 * (1.0 + jnp.cos(jnp.pi * t / cycle_steps))
+        else:
+            u = (t + 1.0) / cycle_steps
+            lr = low + (high - low) * (1.0 - jnp.abs(2.0 * u - 1.0))
+        lr = jnp.asarray(lr, jnp.float32)
+        return lr if warm is None else jnp.where(step < warm_steps, warm(step), lr)
+
+    return schedule
+
+
+def snapshot_epochs(snapshot: Config, num_epochs: int) -> list[int]:
+    """The epochs (1-based) at whose end each cycle ends and its snapshot is taken."""
+    if not snapshot["cycles"]:
+        return []
+    cycle = (num_epochs - snapshot["warm_epochs"]) // snapshot["cycles"]
+    return [snapshot["warm_epochs"] + (j + 1) * cycle for j in range(snapshot["cycles"])]
+
+
 def build(cfg: Config, *, steps_per_epoch: int, num_epochs: int,
-          inject_weight_decay: bool = False) -> optax.GradientTransformation:
+          inject_weight_decay: bool = False, snapshot: Config | None = None
+          ) -> optax.GradientTransformation:
     """The optimiser, with the LR and b1 (sgd: momentum) injected into its state by optax; with
     `inject_weight_decay` the weight decay too, so each member of a sweep can hold its own
-    (`set_weight_decay`)."""
-    cfg = _resolve(cfg, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
-    schedules = make_schedules(cfg, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
+    (`set_weight_decay`); with `snapshot` cycles, their learning rate (`cyclic_schedule`)."""
+    cfg = _resolve(cfg, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs, snapshot=snapshot)
+    schedules = make_schedules(cfg, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs,
+                               snapshot=snapshot)
     momentum_name = _momentum_name(cfg.name)
     factory = functools.partial(_sgd if cfg.name == "sgd" else _adam_family, cfg=cfg)
     injected = {"weight_decay": cfg.weight_decay} if inject_weight_decay else {}
@@ -186,8 +248,10 @@ def _one_cycle(start: float, peak: float, end: float, pct_start: float, total_st
     return schedule
 
 
-def _resolve(cfg: Config, *, steps_per_epoch: int, num_epochs: int) -> ml_collections.ConfigDict:
-    """The defaults overridden by `cfg`, checked; a one-line ValueError on bad input."""
+def _resolve(cfg: Config, *, steps_per_epoch: int, num_epochs: int,
+             snapshot: Config | None = None) -> ml_collections.ConfigDict:
+    """The defaults overridden by `cfg`, checked (with the `snapshot` section that replaces its
+    learning rate, when given); a one-line ValueError on bad input."""
     defaults = default_config()
     _check_keys(cfg, defaults, "optim")
     if "schedule" in cfg.keys():
@@ -198,6 +262,9 @@ def _resolve(cfg: Config, *, steps_per_epoch: int, num_epochs: int) -> ml_collec
         defaults.update(cfg)
     except TypeError as e:
         raise ValueError(f"bad optim config: {e}") from None
+    if snapshot is not None and snapshot["cycles"]:
+        _validate_snapshot(defaults, snapshot, num_epochs)
+        num_epochs = snapshot["warm_epochs"] or num_epochs  # the config's schedule runs in the warm phase
     _validate(defaults, steps_per_epoch, num_epochs)
     return defaults
 
@@ -224,6 +291,28 @@ def _in(cfg: ml_collections.ConfigDict, field: str, where: str, low: float, high
     else:
         wanted = f"a number in {'(' if low_open else '['}{low}, {high})"
     _require(ok, f"{where}.{field} must be {wanted}, got {value!r}")
+
+
+SNAPSHOT_SHAPES = ("cosine", "fge")
+
+
+def _validate_snapshot(cfg: ml_collections.ConfigDict, snapshot: Config, num_epochs: int) -> None:
+    cycles, warm, where = snapshot["cycles"], snapshot["warm_epochs"], "snapshot"
+    _require(isinstance(cycles, int) and not isinstance(cycles, bool) and cycles >= 0,
+             f"{where}.cycles must be an int >= 0 (0: off), got {cycles!r}")
+    _require(snapshot["shape"] in SNAPSHOT_SHAPES,
+             f"unknown {where}.shape={snapshot['shape']!r}; valid choices: {list(SNAPSHOT_SHAPES)}")
+    _require(isinstance(warm, int) and not isinstance(warm, bool) and 0 <= warm < num_epochs,
+             f"{where}.warm_epochs must be an int in [0, num_epochs={num_epochs}), got {warm!r}")
+    _require((num_epochs - warm) % cycles == 0,
+             f"{where}: {num_epochs - warm} epochs after warm_epochs={warm} do not split into "
+             f"{cycles} whole cycles; choose cycles dividing {num_epochs - warm} (snapshots are "
+             f"taken at epoch ends)")
+    _in(snapshot, "high", where, 0.0, low_open=True)
+    _in(snapshot, "low", where, 0.0, snapshot["high"])
+    _require(not cfg.schedule.cycle_momentum,
+             f"{where}.cycles replace the learning-rate schedule, but optim.schedule.cycle_momentum "
+             f"cycles the momentum with the one-cycle schedule; turn one of them off")
 
 
 def _validate(cfg: ml_collections.ConfigDict, steps_per_epoch: int, num_epochs: int) -> None:

@@ -3,8 +3,9 @@
 `configure_cpu()` is called by every entry point (`mnist_jax.main`, `mnist_jax.evaluate_main`, the
 experiments, the tests' conftest) before the first JAX computation; a notebook calls it first
 thing to get the same speed. Where JAX will run on a GPU or TPU it changes nothing, and
-`setup_record()` (in results.json) says what applied. Importing `mnist_jax` changes nothing in
-the process.
+`setup_record()` (in results.json) says what applied. `mnist_jax.main` also keeps compiled
+programs on disk (`use_compilation_cache`) and says when a GPU or TPU went unused
+(`warn_on_fallback`). Importing `mnist_jax` changes nothing in the process.
 """
 
 from __future__ import annotations
@@ -73,9 +74,10 @@ def configure_cpu() -> None:
 
 def expected_platform() -> str:
     """The platform JAX will run on, told before its backends start: the first of
-    `JAX_PLATFORMS` when set, else 'tpu' or 'gpu' when that plugin is installed and its device
-    is present, else 'cpu'."""
-    chosen = os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or ""
+    `jax_platforms` when set (JAX reads `JAX_PLATFORMS` once, at import: a later change reaches
+    only child processes), else 'tpu' or 'gpu' when that plugin is installed and its device is
+    present, else 'cpu'."""
+    chosen = jax.config.jax_platforms or ""
     if chosen:
         first = chosen.split(",")[0].strip().lower()
         return "gpu" if first in ("cuda", "rocm") else first
@@ -95,6 +97,46 @@ def expected_platform() -> str:
 def setup_record() -> dict[str, Any]:
     """What `configure_cpu` applied to this process, for results.json."""
     return {"expected_platform": expected_platform(), **_applied, "malloc": malloc_mode()}
+
+
+COMPILATION_CACHE_ENV = "MNIST_JAX_COMPILATION_CACHE"
+
+
+def use_compilation_cache() -> Path | None:
+    """Keep compiled programs on disk, so that a resumed or repeated run loads them instead of
+    compiling (and, on a GPU, autotuning) them again (experiments/results/speed.md).
+
+    In $MNIST_JAX_CACHE_DIR/jax, beside the datasets' folders, unless JAX_COMPILATION_CACHE_DIR
+    names a folder; MNIST_JAX_COMPILATION_CACHE=0 turns it off. Returns the folder (None: off).
+    Call before the first compilation, as `mnist_jax.main` does.
+    """
+    if os.environ.get(COMPILATION_CACHE_ENV, "1").strip().lower() in ("0", "false", "off", "no"):
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    if not jax.config.jax_compilation_cache_dir:
+        from mnist_jax.data import mnist
+        jax.config.update("jax_compilation_cache_dir", str(mnist.cache_dir().parent / "jax"))
+    return Path(jax.config.jax_compilation_cache_dir)
+
+
+def accelerator_fallback() -> str | None:
+    """'gpu' or 'tpu' when that accelerator's plugin is installed and its device is present but
+    JAX runs on the CPU anyway (a plugin that failed to start, e.g. under a too old CUDA driver),
+    else None: JAX then only logs a warning, and the run takes hours instead of minutes. Starts
+    JAX's backends: call after `configure_cpu()` and `jax.distributed.initialize()`."""
+    expected = expected_platform()
+    return expected if expected != "cpu" and jax.default_backend() == "cpu" else None
+
+
+def warn_on_fallback() -> None:
+    """One line at the start of a run whose accelerator went unused (`accelerator_fallback`)."""
+    unused = accelerator_fallback()
+    if unused:
+        from jax._src import xla_bridge  # no public API keeps why a backend failed to start
+        why = [" ".join(e.split()) for e in getattr(xla_bridge, "_backend_errors", {}).values()]
+        logging.warning("a %s and its JAX plugin are present but JAX runs on the CPU: the plugin "
+                        "failed to start (%s); fix it, or set JAX_PLATFORMS=cpu to choose the CPU",
+                        unused.upper(), "; ".join(why) or "see JAX's warning above")
 
 
 # mallopt parameters (glibc's malloc.h).

@@ -284,3 +284,87 @@ def sweep(path: PathLike, rows: Sequence[dict[str, Any]]) -> str:
     fig.suptitle("members of the sweep on validation", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def shift(path: PathLike, shifts: dict[str, list[dict[str, Any]]], units: dict[str, str]) -> str:
+    """Accuracy, ECE and Brier score against each shift's level, one row per kind
+    (uncertainty.json's 'shift' and 'units'): the ensemble in black, its members thin in colour,
+    the temperature-scaled ensemble dashed when the entries have it. How fast each falls is what
+    the shifts are for; non-numeric levels (corruption names) are spaced evenly."""
+    if not shifts:
+        return _message(path, "no shifted test sets")
+    for kind, entries in shifts.items():
+        if not entries or not {"level", "ensemble", "members"} <= set(entries[0]):
+            raise ValueError(f"shift {kind!r} needs entries with level, ensemble and members; pass "
+                             f"uncertainty.json's 'shift' (analysis.RunView.shift)")
+    fig = Figure(figsize=(12, 3.3 * len(shifts)))
+    axes = fig.subplots(len(shifts), 3, squeeze=False)
+    for row, (kind, entries) in zip(axes, shifts.items()):
+        levels = [e["level"] for e in entries]
+        numeric = all(isinstance(level, (int, float)) for level in levels)
+        x = levels if numeric else list(range(len(levels)))
+        for ax, metric, title in zip(row, ("accuracy", "ece", "brier"), ("accuracy", "ECE", "Brier score")):
+            for m in range(len(entries[0]["members"])):
+                ax.plot(x, [e["members"][m][metric] for e in entries], color=f"C{m % 10}", lw=0.8,
+                        alpha=0.7)
+            ax.plot(x, [e["ensemble"][metric] for e in entries], "o-", color="black", lw=2, ms=3)
+            if "ensemble_scaled" in entries[0]:
+                ax.plot(x, [e["ensemble_scaled"][metric] for e in entries], "--", color="black", lw=1)
+            if not numeric:
+                ax.set_xticks(x, levels, rotation=40, ha="right", fontsize=7)
+            ax.set_xlabel(f"{kind} ({units.get(kind, 'level')})")
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color="black", lw=2, marker="o", ms=3, label="ensemble"),
+               Line2D([], [], color="gray", lw=0.8, label="members")]
+    if any("ensemble_scaled" in entries[0] for entries in shifts.values()):
+        handles.append(Line2D([], [], color="black", lw=1, ls="--", label="ensemble, temperature-scaled"))
+    axes[0][0].legend(handles=handles, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def entropy_histograms(path: PathLike, histogram: dict[str, Any]) -> str:
+    """The share of examples at each predictive entropy on the test split (black) and on each
+    out-of-distribution set (uncertainty.json's 'entropy_histogram': 'edges' and 'counts' by
+    set): an ensemble that knows what it does not know is sure in distribution, unsure out."""
+    if not {"edges", "counts"} <= set(histogram):
+        raise ValueError("histogram needs 'edges' and 'counts'; pass uncertainty.json's "
+                         "'entropy_histogram'")
+    edges = np.asarray(histogram["edges"], float)
+    fig = Figure(figsize=(6, 3.8))
+    ax = fig.add_subplot()
+    for i, (name, counts) in enumerate(histogram["counts"].items()):
+        counts = np.asarray(counts, float)
+        if len(counts) != len(edges) - 1:
+            raise ValueError(f"{name}: {len(counts)} counts for {len(edges) - 1} bins")
+        test = name == "test"
+        ax.stairs(counts / max(counts.sum(), 1), edges, color="black" if test else f"C{i % 10}",
+                  lw=2 if test else 1.5, label="test (in distribution)" if test else name)
+    ax.set_yscale("log")
+    ax.set_xlabel("predictive entropy (nats)")
+    ax.set_ylabel("share of examples")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.set_title("entropy in and out of distribution")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def selective(path: PathLike, curve: dict[str, Any]) -> str:
+    """Accuracy on the most confident examples against the share kept (coverage), from
+    uncertainty.json's 'selective' ('coverage', 'accuracy', 'area'): how much abstaining on the
+    least sure examples buys."""
+    if not {"coverage", "accuracy", "area"} <= set(curve):
+        raise ValueError("curve needs 'coverage', 'accuracy' and 'area'; pass uncertainty.json's "
+                         "'selective' (metrics.selective_prediction)")
+    fig = Figure(figsize=(4.5, 3.4))
+    ax = fig.add_subplot()
+    ax.plot(100 * np.asarray(curve["coverage"]), 100 * np.asarray(curve["accuracy"]), color="C0")
+    ax.set_xlabel("coverage (% of test examples kept, most confident first)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_xlim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"accuracy vs coverage (area {curve['area']:.4f})")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -50,12 +50,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config: unknown model {config.model!r}; valid: {', '.join(models.names())}")
     models.get(config.model, **config.model_overrides.to_dict())
     augment.build(config.augment)
-    optim.build(config.optim, steps_per_epoch=1, num_epochs=config.num_epochs)
+    optim.build(config.optim, steps_per_epoch=1, num_epochs=config.num_epochs, snapshot=config.snapshot)
     for i in range(config.num_members if config_lib.swept(config) else 0):  # each member's values
         member = config_lib.member_config(config, i)
         try:
             augment.build(member.augment)
-            optim.build(member.optim, steps_per_epoch=1, num_epochs=config.num_epochs)
+            optim.build(member.optim, steps_per_epoch=1, num_epochs=config.num_epochs,
+                        snapshot=config.snapshot)
         except ValueError as e:
             raise config_lib.ConfigError(f"{e} (sweep, member {i})") from None
 
@@ -80,12 +81,15 @@ def setup(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: 
     model = models.get(config.model, num_classes=num_classes, dtype=dtype,
                        **config.model_overrides.to_dict())
     tx = optim.build(config.optim, steps_per_epoch=steps_per_epoch, num_epochs=config.num_epochs,
-                     inject_weight_decay="optim.weight_decay" in config_lib.swept(config))
+                     inject_weight_decay="optim.weight_decay" in config_lib.swept(config),
+                     snapshot=config.snapshot)
     strategy = engine.default_strategy() if config.member_strategy == "auto" else config.member_strategy
     data_parallel = (engine.data_parallel_default() if config.data_parallel == "auto"
                      else config.data_parallel == "on")
+    cost = (engine.member_cost(model, (config.image_size, config.image_size, 1)) if data_parallel
+            else None)  # what a data axis would save and cost (engine.mesh_shape's rule)
     mesh = engine.make_mesh(config.num_members, data_parallel=data_parallel,
-                            batch_sizes=(config.batch_size,))
+                            batch_sizes=(config.batch_size,), strategy=strategy, member_cost=cost)
     return Setup(config, model, tx, mesh, strategy)
 
 
@@ -134,7 +138,8 @@ def init_state(setup: Setup) -> State:
     c = setup.config
     sample = jnp.zeros((1, c.image_size, c.image_size, 1), jnp.float32)
     members = engine.init_members(setup.model, setup.tx, member_keys(setup), sample,
-                                  ema=ema_on(c), mesh=setup.mesh, hparams=member_hparams(c))
+                                  ema=ema_on(c), mesh=setup.mesh, hparams=member_hparams(c),
+                                  snapshots=c.snapshot.cycles, swa=bool(c.swa.epochs))
     if "optim.weight_decay" in config_lib.swept(c):
         decay = jax.device_put(jnp.asarray(config_lib.swept(c)["optim.weight_decay"], jnp.float32),
                                engine.member_sharding(setup.mesh))
@@ -194,24 +199,70 @@ def steps_per_call(config: ml_collections.ConfigDict) -> int:
     return config.steps_per_call or engine.default_steps_per_call()
 
 
+def _train_augment(config: ml_collections.ConfigDict, clean: bool) -> Callable | None:
+    return None if clean else augment.build(config.augment, swept=swept_augment(config))
+
+
 def train_step(setup: Setup, *, steps_per_epoch: int, clean: bool = False,
                steps_per_call: int = 1) -> Callable:
     """The config's compiled train step (`engine.make_train_step`): augmented as the config
     (and its sweep) says, or on clean images for the final epochs with `clean`."""
     c = setup.config
-    augment_fn = None if clean else augment.build(c.augment, swept=swept_augment(c))
+    swa_start = (c.num_epochs - c.swa.epochs) * steps_per_epoch if c.swa.epochs else None
     return engine.make_train_step(
-        setup.model, setup.tx, mesh=setup.mesh, augment_fn=augment_fn,
+        setup.model, setup.tx, mesh=setup.mesh, augment_fn=_train_augment(c, clean),
         steps_per_epoch=steps_per_epoch, batch_size=c.batch_size,
         label_smoothing=c.label_smoothing, l1=c.l1, l1_params=c.l1_params,
-        ema_decay=c.ema_decay, strategy=setup.strategy, steps_per_call=steps_per_call)
+        ema_decay=c.ema_decay, strategy=setup.strategy, steps_per_call=steps_per_call,
+        swa_start=swa_start)
+
+
+def recompute_swa_bn(setup: Setup, *, steps_per_epoch: int, clean: bool) -> Callable:
+    """`recompute(members, images, order) -> members` with the SWA weights' BatchNorm statistics
+    recomputed (`engine.make_recompute_bn`) over the first `swa.bn_batches` batches of an epoch
+    (all of them for 0), passed as the last epoch trained them (`clean` or augmented)."""
+    c = setup.config
+    return engine.make_recompute_bn(
+        setup.model, mesh=setup.mesh, augment_fn=_train_augment(c, clean), batch_size=c.batch_size,
+        num_batches=min(c.swa.bn_batches or steps_per_epoch, steps_per_epoch), strategy=setup.strategy)
 
 
 def predictor(setup: Setup, *, tta: bool = False) -> Callable:
-    """`predict(members, images_uint8, key) -> logits [M, B, C]`: the EMA parameters when the
-    config keeps them, through the config's test-time augmentation when `tta`, else through
-    `augment.eval_view` (the centre crop of a config that trains on crops)."""
+    """`predict(weights, images_uint8, key) -> logits [M, B, C]` of weights with a leading member
+    axis (`live_weights`, `ensemble_rows`), through the config's test-time augmentation when
+    `tta`, else through `augment.eval_view` (the centre crop of a config that trains on crops)."""
     c = setup.config
     augment_fn = augment.build(c.augment, test_time=True) if tta else augment.eval_view(c.augment)
     return engine.make_predict(setup.model, mesh=setup.mesh, strategy=setup.strategy,
-                               use_ema=ema_on(c), augment_fn=augment_fn)
+                               augment_fn=augment_fn)
+
+
+def live_weights(setup: Setup, members: dict) -> dict:
+    """The weights each member is evaluated with now (its EMA when the config keeps one)."""
+    return engine.evaluated_weights(members, use_ema=ema_on(setup.config))
+
+
+def ensemble_rows(setup: Setup, members: dict) -> list[dict]:
+    """The weights of each of a member's ensemble rows (`row_records`), each with the member
+    axis leading: its snapshots (or else its final weights), then its SWA average."""
+    c = setup.config
+    if c.snapshot.cycles:
+        rows = [jax.tree.map(lambda a, j=j: a[:, j], members["snapshots"])
+                for j in range(c.snapshot.cycles)]
+    else:
+        rows = [live_weights(setup, members)]
+    return rows + ([members["swa"]] if c.swa.epochs else [])
+
+
+def row_records(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+    """What each of a member's ensemble rows is, in `ensemble_rows`' order: its kind
+    ('final', 'snapshot' or 'swa') and the epoch its weights come from (SWA: the window's
+    first and last epoch too). predictions.npz's rows are member-major: row m * R + r is row r
+    of member m, R = len(row_records(config))."""
+    records = ([{"kind": "snapshot", "epoch": e}
+                for e in optim.snapshot_epochs(config.snapshot, config.num_epochs)]
+               or [{"kind": "final", "epoch": config.num_epochs}])
+    if config.swa.epochs:
+        records.append({"kind": "swa", "epoch": config.num_epochs,
+                        "swa_epochs": [config.num_epochs - config.swa.epochs + 1, config.num_epochs]})
+    return records

@@ -10,6 +10,8 @@
     DIR/groups/<name>/        a grouped run's groups, each an ordinary run folder
     DIR/eval_*.json           re-evaluations (`python -m mnist_jax.evaluate_main`)
     DIR/selection_*.json      ensembles chosen on validation (`evaluate_main --select`)
+    DIR/uncertainty.json      shifted test sets and OOD detection (`evaluate_main --shift --ood`),
+                              with its pictures shift, ood_entropy and selective (.png)
     DIR/<picture>.png         misclassified, confusion, curves, ensemble_size, reliability
     DIR/.lock                 held by the process training in DIR
 
@@ -39,7 +41,7 @@ import numpy as np
 from mnist_jax import config as config_lib, metrics, plots
 from mnist_jax.atomic import write_bytes, write_json
 
-PREDICTION_KEYS = ("probs", "labels", "tta_probs", "val_probs", "val_labels")
+PREDICTION_KEYS = ("probs", "labels", "tta_probs", "val_probs", "val_labels", "val_tta_probs")
 PICTURES = ("misclassified", "confusion", "curves", "ensemble_size", "reliability")
 _REMAKE = "re-run the training command (it resumes at the last checkpoint and rewrites it)"
 
@@ -132,13 +134,23 @@ def _join_group_metrics(per_group: list[list[dict[str, Any]]]) -> list[dict[str,
     return joined
 
 
+def _duration(seconds: float) -> str:
+    """An ETA as one reads it: '45s', '12m05s', '3h07m'."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 def _write_metrics(workdir: Path, records: list[dict[str, Any]]) -> None:
     write_bytes(workdir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
 
 
 class MetricWriter:
     """Sends each epoch's record to metrics.jsonl, the log and TensorBoard event files in the run
-    folder, and draws the progress line on a terminal.
+    folder, and the running epoch's progress to the terminal or the log (`progress`).
 
     A resumed run drops the records past its checkpoint (they are trained again), in the JSONL
     and, through TensorBoard's purge step, in the event files. Only the writing process
@@ -146,8 +158,10 @@ class MetricWriter:
     """
 
     def __init__(self, workdir: Path, *, num_epochs: int, resume_epoch: int, enabled: bool,
-                 member_labels: Sequence[str] = ()):
+                 member_labels: Sequence[str] = (), progress_seconds: float = 30.0):
         self.workdir, self.num_epochs, self.enabled = workdir, num_epochs, enabled
+        self.progress_seconds = progress_seconds
+        self._last_line = time.monotonic()  # when the log last got a line (off a terminal)
         # TensorBoard names member i 'member_i', plus its swept values when there are any.
         self._members = [f"member_{i}_{label.replace(' ', '_')}" if label else f"member_{i}"
                          for i, label in enumerate(member_labels)]
@@ -171,6 +185,7 @@ class MetricWriter:
                      record["epoch"], self.num_epochs, np.mean(record["train_loss"]),
                      np.mean(record["train_accuracy"]), validation, record["learning_rate"],
                      record["images_per_s"])
+        self._last_line = time.monotonic()
         if not self.enabled:
             return
         _write_metrics(self.workdir, [*read_metrics(self.workdir), record])
@@ -187,15 +202,25 @@ class MetricWriter:
         self._tensorboard.flush()
 
     def progress(self, epoch: int, done: int, total: int, loss: float, accuracy: float,
-                 images_per_s: float, eta_s: float) -> None:
-        """The progress line of the running epoch, redrawn in place (terminals only)."""
-        if not sys.stderr.isatty():
+                 images_per_s: float, eta_s: float, run_eta_s: float) -> None:
+        """The running epoch's progress with the ETA of the epoch and of the run: on a terminal a
+        bar redrawn in place; elsewhere (a log file, CI, a cluster job) a plain log line at most
+        every `progress_seconds`, so that a long epoch is not silent there."""
+        if sys.stderr.isatty():
+            width = 24
+            bar = "#" * int(width * done / total) + "-" * (width - int(width * done / total))
+            sys.stderr.write(f"\repoch {epoch}/{self.num_epochs} [{bar}] {done}/{total} loss {loss:.4f} "
+                             f"acc {accuracy:.4f} {images_per_s:,.0f} img/s ETA {_duration(eta_s):>6} "
+                             f"run {_duration(run_eta_s):>6} ")
+            sys.stderr.flush()
             return
-        width = 24
-        bar = "#" * int(width * done / total) + "-" * (width - int(width * done / total))
-        sys.stderr.write(f"\repoch {epoch}/{self.num_epochs} [{bar}] {done}/{total} loss {loss:.4f} "
-                         f"acc {accuracy:.4f} {images_per_s:,.0f} img/s ETA {eta_s:4.0f}s ")
-        sys.stderr.flush()
+        now = time.monotonic()
+        if now - self._last_line < self.progress_seconds:
+            return
+        self._last_line = now
+        logging.info("epoch %d/%d  step %d/%d  loss %.4f acc %.4f  %.0f img/s  ETA epoch %s, run %s",
+                     epoch, self.num_epochs, done, total, loss, accuracy, images_per_s,
+                     _duration(eta_s), _duration(run_eta_s))
 
     def close(self) -> None:
         if self._tensorboard is not None:
@@ -207,10 +232,14 @@ class MetricWriter:
 
 def write_results(workdir: Path, results: dict[str, Any], predictions: dict[str, np.ndarray]
                   ) -> None:
-    """results.json and predictions.npz: per-member test probabilities `probs` [M, N, C] and
-    `labels` [N]; optionally `tta_probs` [M, N, C] (test-time augmented) and `val_probs`
-    [M, V, C] with `val_labels` [V] of the validation split, so ensembles of runs or groups can
-    be judged on validation too."""
+    """results.json and predictions.npz: per-row test probabilities `probs` [R, N, C] and
+    `labels` [N]; optionally `tta_probs` [R, N, C] (test-time augmented) and `val_probs`
+    [R, V, C] with `val_labels` [V] of the validation split (and `val_tta_probs`, under TTA), so
+    ensembles of runs or groups, with or without TTA, can be judged on validation too.
+
+    A row is one ensemble member's weights: one per trained member, or each of its snapshots and
+    its SWA average (`run.row_records`: member-major), and results.json's `members` list names
+    each row's `member` (trajectory), `kind` and `epoch`."""
     unknown = set(predictions) - set(PREDICTION_KEYS)
     if unknown or not {"probs", "labels"} <= set(predictions):
         raise ValueError(f"predictions need probs and labels, and only {PREDICTION_KEYS}; got "
@@ -234,15 +263,21 @@ def read_results(workdir: Path) -> dict[str, Any] | None:
 
 
 def member_names(results: dict[str, Any]) -> list[str] | None:
-    """'group (model)' of each member of a grouped run's results (just the model where the group
-    is named after it); a sweep's members by their swept values; None for another run, whose
-    members all share one model and recipe."""
+    """'group (model)' of each row of a grouped run's results (just the model where the group
+    is named after it); a sweep's members by their swept values; snapshot and SWA rows by their
+    member and epoch ('m0 e4', 'm0 swa'); None for another run, whose members all share one
+    model and recipe."""
+    rows = results["members"]
     if "groups" in results:
-        return [m["model"] if m["group"] == m["model"] else f"{m['group']} ({m['model']})"
-                for m in results["members"]]
-    if any("swept" in m for m in results["members"]):  # a sweep: each member by its values
-        return [config_lib.sweep_label(m["swept"]) for m in results["members"]]
-    return None
+        names = [m["model"] if m["group"] == m["model"] else f"{m['group']} ({m['model']})" for m in rows]
+    elif any("swept" in m for m in rows):  # a sweep: each member by its values
+        names = [config_lib.sweep_label(m["swept"]) for m in rows]
+    else:
+        names = None
+    if all(m.get("kind", "final") == "final" for m in rows):
+        return names
+    rows_of = [f"m{m['member']} {'swa' if m['kind'] == 'swa' else 'e%d' % m['epoch']}" for m in rows]
+    return rows_of if names is None else [f"{n}, {r}" for n, r in zip(names, rows_of)]
 
 
 def predictions_path(workdir: Path) -> Path:
@@ -250,9 +285,10 @@ def predictions_path(workdir: Path) -> Path:
 
 
 def read_predictions(workdir: Path, num_classes: int | None) -> dict[str, np.ndarray] | None:
-    """predictions.npz as {'probs': [M, N, C], 'labels': [N]} plus whichever of 'tta_probs',
-    'val_probs' and 'val_labels' the run saved, or None before the run finished. The shapes are
-    checked against `num_classes` (None: the class count `probs` has)."""
+    """predictions.npz as {'probs': [R, N, C], 'labels': [N]} plus whichever of 'tta_probs',
+    'val_probs', 'val_labels' and 'val_tta_probs' the run saved, or None before the run
+    finished (R: ensemble rows, `write_results`). The shapes are checked against `num_classes`
+    (None: the class count `probs` has)."""
     path = predictions_path(workdir)
     if not path.exists():
         return None
@@ -267,9 +303,9 @@ def read_predictions(workdir: Path, num_classes: int | None) -> dict[str, np.nda
     shapes = [("probs", probs.shape, (len(labels), num_classes))]
     if "tta_probs" in predictions:
         shapes.append(("tta_probs", predictions["tta_probs"].shape, (len(labels), num_classes)))
-    if "val_probs" in predictions:
-        shapes.append(("val_probs", predictions["val_probs"].shape,
-                       (len(predictions.get("val_labels", ())), num_classes)))
+    for key in ("val_probs", "val_tta_probs"):
+        if key in predictions:
+            shapes.append((key, predictions[key].shape, (len(predictions.get("val_labels", ())), num_classes)))
     for name, shape, expected in shapes:
         if len(shape) != 3 or shape[1:] != expected or shape[0] != probs.shape[0]:
             raise RunFolderError(f"{path} is damaged ({name} {shape} do not fit {probs.shape[0]} "
@@ -292,9 +328,27 @@ def write_evaluation(workdir: Path, result: dict[str, Any], *, split: str, datas
 
 
 def write_selection(workdir: Path, result: dict[str, Any]) -> Path:
-    """selection_<method>_<size>.json: an ensemble chosen on validation and its test numbers."""
-    path = workdir / f"selection_{result['method']}_{result['size']}.json"
+    """selection_<method>_<size>[_tta].json: an ensemble chosen on validation and its test numbers."""
+    path = workdir / f"selection_{result['method']}_{result['size']}{'_tta' if result.get('tta') else ''}.json"
     write_json(path, result)
+    return path
+
+
+# ----------------------------------------------------------------------------- uncertainty
+
+UNCERTAINTY_PICTURES = ("shift", "ood_entropy", "selective")
+
+
+def write_uncertainty(workdir: Path, result: dict[str, Any]) -> Path:
+    """uncertainty.json (`analysis.RunView.uncertainty`: shifted test sets, OOD detection,
+    selective prediction, entropy histograms) and its pictures, drawn from it alone: shift.png
+    (accuracy, ECE and Brier against each shift's level), ood_entropy.png (entropy in and out of
+    distribution) and selective.png (accuracy against coverage)."""
+    path = workdir / "uncertainty.json"
+    write_json(path, result)
+    plots.shift(picture_path(workdir, "shift"), result["shift"], result["units"])
+    plots.entropy_histograms(picture_path(workdir, "ood_entropy"), result["entropy_histogram"])
+    plots.selective(picture_path(workdir, "selective"), result["selective"])
     return path
 
 
@@ -302,7 +356,7 @@ def write_selection(workdir: Path, result: dict[str, Any]) -> Path:
 
 
 def picture_path(workdir: Path, name: str) -> Path:
-    """Where the run keeps picture `name` (one of PICTURES)."""
+    """Where the run keeps picture `name` (one of PICTURES or UNCERTAINTY_PICTURES)."""
     return workdir / f"{name}.png"
 
 
@@ -324,6 +378,20 @@ def write_pictures(workdir: Path, images: np.ndarray, labels: np.ndarray, logits
 
 
 # ----------------------------------------------------------------------------- checkpoints, lock
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def local_folder(workdir: str | os.PathLike) -> Path:
+    """`workdir` as a local path; a URL (gs://, s3://) is refused in one line. A path would make
+    it a local folder 'gs:/bucket/run' on each host; the lock, orbax and TensorBoard need one
+    POSIX filesystem, which multi-host training needs every host to share."""
+    if _URL.match(str(workdir)):
+        raise RunFolderError(f"workdir {workdir}: remote storage is not supported; a run folder, "
+                             f"and multi-host training, need one shared POSIX filesystem mounted on "
+                             f"every host: mount it (e.g. gcsfuse for gs://) and pass its local path")
+    return Path(workdir)
 
 
 def group_dir(workdir: Path, name: str) -> Path:

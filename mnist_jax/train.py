@@ -9,6 +9,7 @@ the device. What a config builds is `mnist_jax.run`'s; what the run folder holds
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -34,7 +35,7 @@ class Interrupted(RuntimeError):
 
 
 class _StopSignal:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between compiled calls (`agreed_stop`)."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks between compiled calls (`loop_check`)."""
 
     def __init__(self):
         self.received: int | None = None
@@ -51,15 +52,31 @@ class _StopSignal:
             signal.signal(s, handler)
 
 
-def agreed_stop(received: int | None) -> int | None:
-    """The signal that stops every process at this step: this process's, or (multi-host) any
-    process's, agreed by a collective every process calls at the same steps. So all processes
-    stop at one step and save one checkpoint together (a TPU preemption signals one host)."""
+def loop_check(stop: _StopSignal, epoch_metrics: dict[str, jax.Array], mesh: jax.sharding.Mesh
+               ) -> tuple[int | None, dict[str, np.ndarray]]:
+    """What the loop reads every `log_every_steps`, once the calls before it have run: the signal
+    that stops every process (this process's, or multi-host any process's) and the epoch's
+    per-member sums, on the host.
+
+    Multi-host, both come from one collective that every process calls at the same steps, so
+    all processes stop at one step and save one checkpoint together (a TPU preemption signals
+    one host), and a look costs one gather, not one per value."""
+    jax.block_until_ready(epoch_metrics)  # a signal that came while they ran counts now
+    received = stop.received
     if jax.process_count() == 1:
-        return received
-    from jax.experimental import multihost_utils
-    signals = multihost_utils.process_allgather(np.int32(received or 0))
-    return int(signals.max()) or None
+        return received, jax.tree.map(np.asarray, epoch_metrics)
+    per_device = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
+    signals = jax.make_array_from_callback((mesh.devices.size,), per_device,
+                                           lambda index: np.array([received or 0], np.int32))
+    signal_max, sums = _gather_check(mesh)(signals, epoch_metrics)
+    return int(signal_max) or None, jax.tree.map(np.asarray, sums)
+
+
+@functools.cache
+def _gather_check(mesh: jax.sharding.Mesh) -> Callable:
+    """One compiled call: the largest signal and the sums, replicated onto every device, so each
+    process reads them from its own devices."""
+    return jax.jit(lambda signals, sums: (signals.max(), sums), out_shardings=engine.replicated(mesh))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -70,7 +87,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     A grouped config (`config.groups`) trains each group in its own run folder under `workdir`
     (`runfolder.group_dir`), one after another, then evaluates all members as one ensemble."""
     run_lib.validate(config)
-    workdir = Path(workdir)
+    workdir = runfolder.local_folder(workdir)
     if config.groups:
         return _train_groups(config, workdir)
     primary = jax.process_index() == 0
@@ -91,7 +108,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         writer = runfolder.MetricWriter(
             workdir, num_epochs=config.num_epochs, resume_epoch=state.step // steps_per_epoch,
             enabled=primary, member_labels=[config_lib.sweep_label(config_lib.member_sweep(config, i))
-                                            for i in range(config.num_members)])
+                                            for i in range(config.num_members)],
+            progress_seconds=config.progress_seconds)
         predict = run_lib.predictor(setup)  # compiled once: validation every epoch, then test
         try:
             state = _train(setup, state, predict, workdir, train, val, writer, pool)
@@ -126,25 +144,27 @@ def _train_groups(config: ml_collections.ConfigDict, workdir: Path) -> dict[str,
 def combine_groups(config: ml_collections.ConfigDict, workdir: Path
                    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """results.json's contents and the predictions of a grouped run, from its finished groups:
-    every member once, named by group and model; the ensemble is the mean of all members'
+    every row once, named by group and model; the ensemble is the mean of all members'
     probabilities, on test, on validation and (when every group has it) with TTA."""
     groups = config_lib.group_configs(config)
     members, parts = [], {}
-    wall_time, rates = 0.0, []
+    wall_time, rates, trajectories = 0.0, [], 0
     for name, group in groups.items():
         folder = runfolder.group_dir(workdir, name)
         results = runfolder.read_results(folder)
         predictions = results and runfolder.read_predictions(folder, results["num_classes"])
         if not predictions:
             raise runfolder.missing_predictions_error(folder)
-        for member in results["members"]:
-            members.append({**member, "index": len(members), "group": name})
+        for member in results["members"]:  # trajectories numbered across the groups
+            members.append({**member, "index": len(members), "group": name,
+                            "member": trajectories + member.get("member", member["index"])})
+        trajectories += group.num_members
         for key, value in predictions.items():
             parts.setdefault(key, []).append(value)
         wall_time += results["wall_time_s"]
         rates.append(results["train_images_per_s"])
     predictions = {"labels": parts["labels"][0]}
-    for key in ("probs", "tta_probs", "val_probs"):
+    for key in ("probs", "tta_probs", "val_probs", "val_tta_probs"):
         if len(parts.get(key, ())) == len(groups):
             predictions[key] = np.concatenate(parts[key])
     if "val_probs" in predictions:
@@ -160,10 +180,13 @@ def combine_groups(config: ml_collections.ConfigDict, workdir: Path
     if "tta_probs" in predictions:
         tta = summarize("tta_probs", "labels", "")
         ensemble["test_accuracy_tta"], ensemble["test_nll_tta"] = tta["accuracy"], tta["nll"]
+    if "val_tta_probs" in predictions:
+        val_tta = summarize("val_tta_probs", "val_labels", "")
+        ensemble["val_accuracy_tta"], ensemble["val_nll_tta"] = val_tta["accuracy"], val_tta["nll"]
     results = {
         "dataset": config.dataset,
         "model": "+".join(dict.fromkeys(g.model for g in groups.values())),
-        "num_members": len(members),
+        "num_members": trajectories,  # trained members, not rows
         "num_classes": predictions["probs"].shape[-1],
         "groups": {name: {"model": g.model, "num_members": g.num_members, "seed": g.seed}
                    for name, g in groups.items()},
@@ -176,11 +199,12 @@ def combine_groups(config: ml_collections.ConfigDict, workdir: Path
     return results, predictions
 
 
-def _machine_record() -> dict[str, str]:
-    """Where results.json's numbers were measured."""
+def _machine_record() -> dict[str, Any]:
+    """Where results.json's numbers were measured; `accelerator_fallback` names a GPU or TPU that
+    was present but left unused (`platform.accelerator_fallback`)."""
     return {"device": platform.device_description(), "conv_backend": platform.conv_backend(),
             "malloc": platform.malloc_mode(), "platform_setup": platform.setup_record(),
-            "jax_version": jax.__version__}
+            "accelerator_fallback": platform.accelerator_fallback(), "jax_version": jax.__version__}
 
 
 def _ensemble_record(summary: dict[str, Any]) -> dict[str, Any]:
@@ -218,12 +242,14 @@ def _train(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdi
                 for clean in (False, True) for k in {1, steps_per_call}}  # compiled when first called
     validation = (Evaluator(predict, val.images, val.labels, mesh=mesh,
                             batch_size=config.eval_batch_size) if val else None)
+    snapshot_at = {epoch: j for j, epoch in enumerate(optim.snapshot_epochs(config.snapshot, config.num_epochs))}
 
     def save() -> None:
         if mngr.latest_step() == step:  # a signal right after an epoch's checkpoint: it is saved
             return
         run_lib.save(setup, mngr, run_lib.State(members, epoch_metrics, step, wall_time))
 
+    signum = None  # the stop agreed at the last look, acted on before the next call
     with _StopSignal() as stop, contextlib.closing(mngr):  # closing waits for the last save
         while step < total_steps:
             epoch = step // steps_per_epoch
@@ -233,7 +259,7 @@ def _train(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdi
                 engine.member_sharding(mesh))
             start, start_step = time.perf_counter(), step
             while step < (epoch + 1) * steps_per_epoch:
-                if (signum := agreed_stop(stop.received)) is not None:
+                if signum is not None:
                     wall_time += time.perf_counter() - start
                     save()
                     raise Interrupted(f"stopped by signal {signum} at step {step}; "
@@ -245,7 +271,7 @@ def _train(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdi
                     members, epoch_metrics, step_on_device = programs[clean, k](
                         members, epoch_metrics, step_on_device, images, labels, order)
                     step, n = step + k, n - k
-                sums = jax.tree.map(engine.to_host, epoch_metrics)  # one small read every n steps
+                signum, sums = loop_check(stop, epoch_metrics, mesh)  # one small read
                 bad = np.flatnonzero(sums["first_bad_step"] >= 0)
                 if bad.size:
                     raise TrainingDiverged(
@@ -258,7 +284,8 @@ def _train(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdi
                                 float(sums["loss_sum"].sum() / count * config.batch_size),
                                 float(sums["correct"].sum() / count),
                                 (step - start_step) * config.batch_size * num_members / max(elapsed, 1e-9),
-                                ((epoch + 1) * steps_per_epoch - step) * elapsed / (step - start_step))
+                                ((epoch + 1) * steps_per_epoch - step) * elapsed / (step - start_step),
+                                (total_steps - step) * elapsed / (step - start_step))
             epoch_time = time.perf_counter() - start
             wall_time += epoch_time
             record = {
@@ -272,9 +299,15 @@ def _train(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdi
                 **{f"sweep.{path}": list(values) for path, values in config_lib.swept(config).items()},
             }
             if validation is not None:
-                record.update(validation_record(validation.run(members)))
+                record.update(validation_record(validation.run(run_lib.live_weights(setup, members))))
             writer.write(record)
             epoch_metrics = run_lib.new_metrics(setup)
+            if epoch + 1 in snapshot_at:  # a cycle ends: its weights become an ensemble row
+                members = engine.take_snapshot(members, snapshot_at[epoch + 1],
+                                               use_ema=run_lib.ema_on(config), mesh=mesh)
+            if step == total_steps and config.swa.epochs:  # the SWA weights' own BN statistics
+                recompute = run_lib.recompute_swa_bn(setup, steps_per_epoch=steps_per_epoch, clean=clean)
+                members = recompute(members, images, order)
             if (epoch + 1) % config.checkpoint_every_epochs == 0 or step == total_steps:
                 save()
     return run_lib.State(members, epoch_metrics, step, wall_time)
@@ -283,21 +316,26 @@ def _train(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdi
 def _test(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdir: Path,
           test: data.Dataset, val: data.Dataset | None) -> dict[str, Any]:
     """Evaluate the finished ensemble on the test split, once, and write results, predictions
-    (with the validation split's, for judging ensembles of runs on validation) and pictures."""
+    (with the validation split's, for judging ensembles of runs on validation) and pictures.
+    Every ensemble row is scored: one per member, or each of its snapshots, plus its SWA row."""
     config = setup.config
-    evaluator = Evaluator(predict, test.images, test.labels, mesh=setup.mesh,
-                          batch_size=config.eval_batch_size)
-    logits = evaluator.logits(state.members)
+    rows = run_lib.ensemble_rows(setup, state.members)
+
+    def row_logits(split: data.Dataset, predict: Callable, tta_samples: int = 0) -> np.ndarray:
+        return Evaluator(predict, split.images, split.labels, mesh=setup.mesh,
+                         batch_size=config.eval_batch_size, tta_samples=tta_samples).row_logits(rows)
+
+    logits = row_logits(test, predict)
     summary = metrics.summarize(logits, test.labels, prefix="test")
     predictions = {"probs": np.asarray(metrics.member_probs(logits)), "labels": test.labels}
     records = runfolder.read_metrics(workdir)
     val_summary = None
     if val is not None:
-        val_logits = Evaluator(predict, val.images, val.labels, mesh=setup.mesh,
-                               batch_size=config.eval_batch_size).logits(state.members)
+        val_logits = row_logits(val, predict)
         val_summary = metrics.summarize(val_logits, val.labels, prefix="")
         predictions["val_probs"] = np.asarray(metrics.member_probs(val_logits))
         predictions["val_labels"] = val.labels
+    kinds = run_lib.row_records(config)
     results = {
         "dataset": config.dataset,
         "model": config.model,
@@ -305,12 +343,13 @@ def _test(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdir
         "num_classes": len(test.class_names),
         "checkpoint_step": state.step,
         "members": [
-            {"index": i, "model": config.model, "seed": config.seed + i,
-             **({"swept": config_lib.member_sweep(config, i)} if config_lib.swept(config) else {}),
-             "val_accuracy": None if val_summary is None else val_summary["member_accuracy"][i],
-             "test_accuracy": summary["test_member_accuracy"][i],
-             "test_nll": summary["test_member_nll"][i]}
-            for i in range(config.num_members)],
+            {"index": m * len(kinds) + r, "member": m, **kind, "model": config.model,
+             "seed": config.seed + m,
+             **({"swept": config_lib.member_sweep(config, m)} if config_lib.swept(config) else {}),
+             "val_accuracy": None if val_summary is None else val_summary["member_accuracy"][m * len(kinds) + r],
+             "test_accuracy": summary["test_member_accuracy"][m * len(kinds) + r],
+             "test_nll": summary["test_member_nll"][m * len(kinds) + r]}
+            for m in range(config.num_members) for r, kind in enumerate(kinds)],
         "ensemble": {
             "val_accuracy": None if val_summary is None else val_summary["accuracy"],
             "val_nll": None if val_summary is None else val_summary["nll"],
@@ -321,17 +360,20 @@ def _test(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdir
         "mesh": {"member": setup.mesh.shape[engine.MEMBER_AXIS], "data": setup.mesh.shape[engine.DATA_AXIS]},
         **_machine_record(),
     }
-    if config.tta_samples:
-        tta_logits = Evaluator(run_lib.predictor(setup, tta=True), test.images, test.labels,
-                               mesh=setup.mesh, batch_size=config.eval_batch_size,
-                               tta_samples=config.tta_samples).logits(state.members)
-        tta = metrics.summarize(tta_logits, test.labels, prefix="")
-        predictions["tta_probs"] = np.asarray(metrics.member_probs(tta_logits))
-        results["ensemble"]["test_accuracy_tta"] = tta["accuracy"]
-        results["ensemble"]["test_nll_tta"] = tta["nll"]
-        for member, acc in zip(results["members"], tta["member_accuracy"]):
-            member["test_accuracy_tta"] = acc
+    if config.tta_samples:  # validation's kept beside the plain ones, so a plan can choose TTA
+        tta_predict = run_lib.predictor(setup, tta=True)
+        for split, name, key in ((test, "test", "tta_probs"), (val, "val", "val_tta_probs")):
+            if split is None:
+                continue
+            tta_logits = row_logits(split, tta_predict, config.tta_samples)
+            tta = metrics.summarize(tta_logits, split.labels, prefix="")
+            predictions[key] = np.asarray(metrics.member_probs(tta_logits))
+            results["ensemble"][f"{name}_accuracy_tta"] = tta["accuracy"]
+            results["ensemble"][f"{name}_nll_tta"] = tta["nll"]
+            for member, acc in zip(results["members"], tta["member_accuracy"]):
+                member[f"{name}_accuracy_tta"] = acc
     if jax.process_index() == 0:
         runfolder.write_results(workdir, results, predictions)
-        runfolder.write_pictures(workdir, test.images, test.labels, logits, test.class_names)
+        runfolder.write_pictures(workdir, test.images, test.labels, logits, test.class_names,
+                                 member_names=runfolder.member_names(results))
     return results

@@ -5,7 +5,8 @@ when JAX starts. It saves what it trained, gathered to the host, to an .npz the 
 
     python tests/distributed_worker.py --members=8 --alone --out=ref.npz  # each member alone
     python tests/distributed_worker.py --members=8 --out=mesh.npz         # all over every device
-    python tests/distributed_worker.py --members=15 --data-parallel --out=mesh.npz  # members x data
+    python tests/distributed_worker.py --members=15 --alone --partitionable --out=ref.npz
+    python tests/distributed_worker.py --members=15 --layout=1x8 --out=mesh.npz  # members x data
     python tests/distributed_worker.py --members=4 --out=p0.npz \
         --coordinator=127.0.0.1:PORT --num_processes=2 --process_id=0  # and process_id=1
 """
@@ -34,12 +35,14 @@ def synthetic_data() -> tuple[np.ndarray, np.ndarray]:
     return images, rng.integers(0, 10, NUM_IMAGES).astype(np.int32)
 
 
-def make_trainer(mesh: jax.sharding.Mesh, num_members: int) -> Callable[[jax.Array], tuple]:
+def make_trainer(mesh: jax.sharding.Mesh, num_members: int,
+                 partitionable: bool | None = None) -> Callable[[jax.Array], tuple]:
     """`trainer(keys) -> (state, logits)`: STEPS steps of members `keys` on `mesh`, as train.py runs.
 
     Bagging, augmentation, dropout, label smoothing, L1 and EMA are on, so every per-member
     random stream and every state field takes part. The compiled step is built once, so members
     trained alone one after another share it. The logits are of images no member trained on.
+    `partitionable` draws with that threefry instead of the engine's choice for `mesh`.
     """
     cfg = config_lib.base_config()
     # SGD, not Adam: Adam's first steps are ~lr * sign(grad), so float rounding in an exactly-zero
@@ -47,7 +50,11 @@ def make_trainer(mesh: jax.sharding.Mesh, num_members: int) -> Callable[[jax.Arr
     cfg.optim.name = "sgd"
     cfg.optim.learning_rate = 0.05
     cfg.optim.schedule.name = "one_cycle"
-    cfg.augment.rotation = 10.0
+    # A random crop, not a rotation: a member whose batch is split over devices augments it in
+    # other shapes, so its rounding differs (~1e-6), and a rotation's zero-filled corners make
+    # max-pool ties that such rounding breaks the other way (one of 15 members drifted by 1e-2
+    # in 3 steps). A crop reads inside the image only: no fill, no ties.
+    cfg.augment.crop = 24
     model = models.get("tiny20k")
     tx = optim.build(cfg.optim, steps_per_epoch=STEPS, num_epochs=1)
     strategy = engine.default_strategy()
@@ -55,7 +62,13 @@ def make_trainer(mesh: jax.sharding.Mesh, num_members: int) -> Callable[[jax.Arr
         model, tx, mesh=mesh, augment_fn=augment.build(cfg.augment), steps_per_epoch=STEPS,
         batch_size=BATCH, label_smoothing=0.1, l1=1e-4, l1_params="head/kernel", ema_decay=0.9,
         strategy=strategy)
-    predict = engine.make_predict(model, mesh=mesh, strategy=strategy, use_ema=False)
+    if partitionable is not None:
+        jitted = step_fn.__wrapped__
+
+        def step_fn(*args):
+            with jax.threefry_partitionable(partitionable):
+                return jitted(*args)
+    predict = engine.make_predict(model, mesh=mesh, strategy=strategy)
     images, labels = synthetic_data()
     images_dev, labels_dev = engine.put_replicated(images, mesh), engine.put_replicated(labels, mesh)
     held_out = engine.put_replicated(images[:BATCH][::-1] // 2, mesh)
@@ -93,8 +106,9 @@ def main() -> None:
     parser.add_argument("--members", type=int, required=True)
     parser.add_argument("--alone", action="store_true",
                         help="train each member alone on one device (the reference)")
-    parser.add_argument("--data-parallel", action="store_true",
-                        help="split batches over the devices the members leave free")
+    parser.add_argument("--partitionable", action="store_true",
+                        help="with --alone: draw as members split over devices do (the reference for --layout MxD, D > 1)")
+    parser.add_argument("--layout", help="MxD: members x data devices (default: the engine's layout)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--coordinator", help="multi-host: host:port of process 0 (as mnist_jax.main)")
     parser.add_argument("--num_processes", type=int, default=1)
@@ -105,12 +119,14 @@ def main() -> None:
                                    initialization_timeout=120)
 
     if args.alone:
-        trainer = make_trainer(engine.make_mesh(1, devices=jax.devices()[:1]), 1)
+        trainer = make_trainer(engine.make_mesh(1, devices=jax.devices()[:1]), 1,
+                               partitionable=True if args.partitionable else None)
         alone = [to_flat_host(*trainer(engine.member_keys(SEED + i, 1))) for i in range(args.members)]
         np.savez(args.out, **{k: np.concatenate([a[k] for a in alone]) for k in alone[0]})
         return
 
-    mesh = engine.make_mesh(args.members, data_parallel=args.data_parallel, batch_sizes=(BATCH,))
+    mesh = (engine.layout_mesh(tuple(map(int, args.layout.split("x")))) if args.layout
+            else engine.make_mesh(args.members, batch_sizes=(BATCH,)))
     state, logits = make_trainer(mesh, args.members)(engine.member_keys(SEED, args.members))
     kernel = state["params"]["head"]["kernel"]
     np.savez(args.out, **to_flat_host(state, logits), process_count=jax.process_count(),

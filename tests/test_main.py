@@ -83,3 +83,17 @@ def test_a_bad_model_field_on_the_command_line_is_one_line(tmp_path, arg, messag
     line = one_error_line(run_main("--config=configs/tiny20k.py", f"--workdir={tmp_path}", arg))
     assert message in line
     assert not any(tmp_path.iterdir())
+
+
+def test_a_workdir_on_remote_storage_is_one_line_and_no_local_folder_appears(tmp_path):
+    """`--workdir=gs://bucket/run` would have become a local folder 'gs:/bucket/run' on each host:
+    refused, by the trainer and the evaluator, naming the shared filesystem multi-host needs."""
+    for command in ([sys.executable, "-m", "mnist_jax.main", f"--config={REPO / 'configs' / 'quick.py'}"],
+                    [sys.executable, "-m", "mnist_jax.evaluate_main"]):
+        proc = subprocess.run([*command, "--workdir=gs://bucket/run"], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "error: workdir gs://bucket/run: remote storage" in lines[0], proc.stderr
+        assert "one shared POSIX filesystem" in lines[0]
+    assert not any(tmp_path.iterdir())

@@ -185,3 +185,138 @@ def test_bad_input_is_one_clear_line(call, message):
     with pytest.raises(ValueError, match=message) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------- uncertainty
+
+# Two members over three classes: (1/2, 1/2, 0) and (1/2, 0, 1/2). Their mean (1/2, 1/4, 1/4) has
+# entropy 1.5 log 2, each member log 2, so the mutual information is 0.5 log 2.
+HALVES = np.array([[[0.0, 0.0, -1e4]], [[0.0, -1e4, 0.0]]], np.float32)
+
+
+def test_entropies_and_mutual_information_by_hand():
+    assert float(metrics.predictive_entropy(HALVES)[0]) == pytest.approx(1.5 * math.log(2))
+    assert float(metrics.expected_entropy(HALVES)[0]) == pytest.approx(math.log(2))
+    assert float(metrics.mutual_information(HALVES)[0]) == pytest.approx(0.5 * math.log(2))
+    # Sure members that disagree: all the uncertainty is epistemic.
+    opposed = np.array([[[30.0, -30.0]], [[-30.0, 30.0]]], np.float32)
+    assert float(metrics.expected_entropy(opposed)[0]) == pytest.approx(0.0, abs=1e-6)
+    assert float(metrics.mutual_information(opposed)[0]) == pytest.approx(math.log(2))
+
+
+def test_mutual_information_is_zero_for_identical_members():
+    logits, _ = random_logits(m=1)
+    same = np.repeat(logits, 4, axis=0)
+    np.testing.assert_allclose(metrics.mutual_information(same), 0.0, atol=1e-6)
+    np.testing.assert_allclose(metrics.predictive_entropy(same), metrics.expected_entropy(same),
+                               rtol=1e-5)
+    np.testing.assert_allclose(metrics.mutual_information(logits), 0.0, atol=1e-6)
+
+
+def test_disagreement_counts_member_pairs():
+    # Votes 0, 0, 1: one agreeing pair of three; all alike: none differ; a lone member: 0.
+    logits = np.array([[[1.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [1.0, 0.0]]])
+    np.testing.assert_allclose(metrics.disagreement(logits), [2 / 3, 0.0], rtol=1e-6)
+    assert metrics.disagreement(logits[:1]).tolist() == [0.0, 0.0]
+
+
+def test_error_correlation_by_hand():
+    right, wrong = [1.0, 0.0], [0.0, 1.0]
+    logits = np.array([[wrong, right, wrong, right],    # errors 1 0 1 0
+                       [wrong, right, wrong, right],    # the same errors
+                       [right, wrong, right, wrong],    # the opposite ones
+                       [wrong, wrong, right, right]])   # errors 1 1 0 0: uncorrelated with the first
+    corr = np.asarray(metrics.error_correlation(logits, np.zeros(4, int)))
+    np.testing.assert_allclose(corr[0], [1.0, 1.0, -1.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(corr, corr.T)
+    never_wrong = np.array([[right] * 4, [wrong, right, wrong, right]])
+    assert np.isnan(metrics.error_correlation(never_wrong, np.zeros(4, int))[0, 1])
+
+
+def test_ood_detection_by_hand():
+    separable = metrics.ood_detection(np.array([0.0, 1.0, 2.0]), np.array([3.0, 4.0]))
+    assert {k: float(v) for k, v in separable.items()} == {"auroc": 1.0, "aupr": 1.0, "fpr95": 0.0}
+    reversed_ = metrics.ood_detection(np.array([3.0, 4.0]), np.array([0.0, 1.0, 2.0]))
+    assert float(reversed_["auroc"]) == 0.0 and float(reversed_["fpr95"]) == 1.0
+    tied = metrics.ood_detection(np.ones(3), np.ones(2))  # one threshold: chance, precision 2/5
+    assert float(tied["auroc"]) == 0.5 and float(tied["aupr"]) == pytest.approx(0.4)
+    # in 0 1 2 3, out 2.5 3 4: the out scores beat 3, 3.5 (a tie counts half) and 4 of the 4
+    # in-distribution ones; the precision at each out score is 3/4, 2/3 and 1; flagging all three
+    # out scores (threshold 2.5) flags one in four in-distribution examples.
+    overlap = metrics.ood_detection(np.array([0.0, 1.0, 2.0, 3.0]), np.array([2.5, 3.0, 4.0]))
+    assert float(overlap["auroc"]) == pytest.approx((3 + 3.5 + 4) / 12)
+    assert float(overlap["aupr"]) == pytest.approx((3 / 4 + 2 / 3 + 1) / 3)
+    assert float(overlap["fpr95"]) == pytest.approx(0.25)
+
+
+def test_fpr95_threshold_keeps_95_percent_of_ood():
+    # 20 OOD scores 1..20: 95 % is 19 of them, so the threshold is 2 and the in-distribution
+    # score 1.5 stays below it while 2 and 3 are flagged.
+    result = metrics.ood_detection(np.array([1.5, 2.0, 3.0, 0.0]), np.arange(1.0, 21.0))
+    assert float(result["fpr95"]) == pytest.approx(0.5)
+
+
+def test_selective_prediction_by_hand():
+    # Confidences 0.9 (right), 0.8 (wrong), 0.6 (right), 0.55 (wrong).
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.55, 0.45]])
+    curve = metrics.selective_prediction(probs, np.array([0, 1, 0, 1]))
+    np.testing.assert_allclose(curve["coverage"], [0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(curve["accuracy"], [1.0, 0.5, 2 / 3, 0.5], rtol=1e-6)
+    assert float(curve["area"]) == pytest.approx((1.0 + 0.5 + 2 / 3 + 0.5) / 4)
+    # A tie of one right and one wrong example counts half of each, in either order.
+    tied = np.array([[0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    for labels in ([0, 0, 1], [0, 1, 0]):
+        curve = metrics.selective_prediction(tied, np.array(labels))
+        np.testing.assert_allclose(curve["accuracy"], [1.0, 0.75, 2 / 3], rtol=1e-6)
+
+
+def test_fit_temperature_finds_the_calibrating_temperature():
+    # Every example has logits (z, 0) and 3 in 4 are class 0: the NLL is least where
+    # sigmoid(z / T) = 3/4, i.e. T = z / log 3.
+    labels = np.array([0, 0, 0, 1])
+    logits = np.array([[[4.0, 0.0]] * 4, [[2.0, 0.0]] * 4], np.float32)
+    per_member = metrics.fit_temperature(logits, labels, per_member=True)
+    np.testing.assert_allclose(per_member, [4 / math.log(3), 2 / math.log(3)], rtol=2e-3)
+    # One temperature for an ensemble of identical members is that member's own.
+    same = np.repeat(logits[:1], 3, axis=0)
+    assert float(metrics.fit_temperature(same, labels)) == pytest.approx(4 / math.log(3), rel=2e-3)
+    assert metrics.fit_temperature(same, labels).shape == ()
+
+
+def test_uncertainty_summary_agrees_with_summarize():
+    logits, labels = random_logits()
+    summary = metrics.uncertainty_summary(logits, labels)
+    plain = metrics.summarize(logits, labels, prefix="")
+    for key in ("accuracy", "nll", "brier", "ece"):
+        assert summary["ensemble"][key] == pytest.approx(plain[key], rel=1e-5)
+    assert [m["accuracy"] for m in summary["members"]] == pytest.approx(plain["member_accuracy"])
+    assert summary["ensemble"]["entropy"] == pytest.approx(
+        float(metrics.predictive_entropy(logits).mean()), rel=1e-5)
+    assert summary["ensemble"]["mutual_information"] > 0
+    json.dumps(summary)  # python numbers only
+
+
+def test_ood_summary_scores_max_prob_negated():
+    sure = np.zeros((2, 50, 10), np.float32)  # both members sure of the same class
+    sure[:, np.arange(50), np.arange(50) % 10] = 30.0
+    # Out of distribution the two members are as sure, of different classes.
+    split = np.zeros((2, 40, 10), np.float32)
+    split[0, :, 0] = split[1, :, 1] = 30.0
+    result = metrics.ood_summary(sure, split)
+    assert set(result) == set(metrics.OOD_SCORES)
+    for score in metrics.OOD_SCORES:
+        assert result[score] == {"auroc": 1.0, "aupr": 1.0, "fpr95": 0.0}, score
+    assert metrics.ood_summary(split, sure)["max_prob"]["auroc"] == 0.0
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: metrics.ood_detection(np.zeros((2, 2)), np.zeros(2)), r"in_scores must be a non-empty \[N\]"),
+    (lambda: metrics.ood_detection(np.zeros(2), np.array([np.nan])), "out_scores holds NaN"),
+    (lambda: metrics.fit_temperature(np.zeros((1, 2, 3)), np.eye(3)[:2]), "one-hot"),
+    (lambda: metrics.selective_prediction(np.zeros((1, 2, 3)), np.zeros(2, int)), r"\[examples, classes\]"),
+    (lambda: metrics.mutual_information(np.zeros((2, 3))), r"logits must have shape \[members"),
+])
+def test_bad_uncertainty_input_is_one_clear_line(call, message):
+    with pytest.raises(ValueError, match=message) as info:
+        call()
+    assert "\n" not in str(info.value)

@@ -1,9 +1,12 @@
-"""The CPU description every speed and accuracy record carries, and what `configure_cpu` sets per platform."""
+"""The CPU description every speed and accuracy record carries, what `configure_cpu` and the
+suite's setup set per platform, the compilation cache, and a GPU/TPU left unused."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -50,11 +53,20 @@ def test_this_host_has_a_description():
 def _setup_in_fresh_process(env: dict[str, str]) -> dict:
     """`configure_cpu()` in a new process (it acts before JAX starts), reporting what it did;
     the backend is never started, so a GPU/TPU platform needs no device here."""
-    code = ("import json, os, jax; from mnist_jax import platform; platform.configure_cpu(); "
-            "print(json.dumps({**platform.setup_record(), 'xla_flags': os.environ.get('XLA_FLAGS', ''), "
-            "'num_cpu_devices': jax.config.jax_num_cpu_devices}))")
+    return _in_fresh_process(
+        "import json, os, jax; from mnist_jax import platform; platform.configure_cpu(); "
+        "print(json.dumps({**platform.setup_record(), 'xla_flags': os.environ.get('XLA_FLAGS', ''), "
+        "'num_cpu_devices': jax.config.jax_num_cpu_devices}))", env)
+
+
+def _in_fresh_process(code: str, env: dict[str, str]) -> dict:
+    """The JSON that `code` prints last, run in a new process with `env` on top of this one's,
+    less what the platform setup and the suite's (tests/conftest.py) set."""
+    import conftest
+    suite = set().union(*(conftest.suite_environment(p, {}) for p in ("cpu", "gpu", "tpu")))
     clean = {k: v for k, v in os.environ.items()
-             if k not in ("XLA_FLAGS", "JAX_PLATFORMS", "JAX_NUM_CPU_DEVICES") and not k.startswith("MALLOC_")}
+             if k not in {"XLA_FLAGS", "JAX_PLATFORMS", "JAX_NUM_CPU_DEVICES", *suite}
+             and not k.startswith("MALLOC_")}
     done = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True,
                           text=True, timeout=120, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -92,3 +104,81 @@ def test_cpu_only_tests_are_skipped_off_the_cpu(backend, monkeypatch):
     conftest.pytest_collection_modifyitems(None, [cpu_only, anywhere])
     assert [m.name for m in cpu_only.markers] == ([] if backend == "cpu" else ["skip"])
     assert anywhere.markers == []
+
+
+# tests/conftest.py's setup in a new process, with `-n 2` on pytest's command line: what it
+# exports for the commands tests start, what JAX will run on, whether xdist still starts workers.
+SUITE_SETUP = f"""
+import json, os, sys, types
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import conftest
+from mnist_jax import platform
+config = types.SimpleNamespace(option=types.SimpleNamespace(numprocesses=2, dist="loadfile", tx=["popen"] * 2))
+conftest.pytest_configure(config)
+print(json.dumps({{"env": dict(os.environ), "platform": platform.expected_platform(),
+                  "workers": config.option.numprocesses, "dist": config.option.dist}}))
+"""
+
+
+@pytest.mark.parametrize("platform_name", ["cuda", "tpu", "cpu"])
+def test_the_suite_setup_exports_what_its_platform_needs(platform_name):
+    """As if on a GPU or a TPU (JAX_PLATFORMS names it; no plugin is needed, no backend starts):
+    no CPU flag, no GPU preallocation, and on a TPU one process that holds the chips."""
+    got = _in_fresh_process(SUITE_SETUP, {"JAX_PLATFORMS": platform_name})
+    env = got["env"]
+    assert ("--xla_backend_optimization_level" in env.get("XLA_FLAGS", "")) == (platform_name == "cpu")
+    assert env.get("XLA_PYTHON_CLIENT_PREALLOCATE") == ("false" if platform_name == "cuda" else None)
+    assert env.get("JAX_DEFAULT_MATMUL_PRECISION") == (None if platform_name == "cpu" else "highest")
+    assert Path(env["JAX_COMPILATION_CACHE_DIR"]).parts[-2:] == (".cache", "jax")
+    if platform_name == "tpu":  # no xdist workers, and the commands tests start run on the CPU
+        assert (got["workers"], got["dist"], env["JAX_PLATFORMS"]) == (0, "no", "cpu")
+        assert got["platform"] == "tpu"  # while pytest's own process runs on the TPU
+    else:
+        assert (got["workers"], got["dist"], env["JAX_PLATFORMS"]) == (2, "loadfile", platform_name)
+
+
+def test_the_suite_setup_keeps_what_the_user_set():
+    import conftest
+    user = {"XLA_FLAGS": "--xla_backend_optimization_level=2", "XLA_PYTHON_CLIENT_PREALLOCATE": "true",
+            "JAX_COMPILATION_CACHE_DIR": "/somewhere", "JAX_PLATFORMS": "tpu"}
+    assert conftest.suite_environment("cpu", user)["XLA_FLAGS"] == "--xla_backend_optimization_level=2"
+    assert conftest.suite_environment("gpu", user) == {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+                                                       "JAX_DEFAULT_MATMUL_PRECISION": "highest"}
+    assert conftest.suite_environment("tpu", user)["JAX_PLATFORMS"] == "cpu"  # the chips are taken
+
+
+@pytest.mark.parametrize("env, folder", [
+    ({}, "cache/jax"),
+    ({"JAX_COMPILATION_CACHE_DIR": "mine"}, "mine"),
+    ({"MNIST_JAX_COMPILATION_CACHE": "0"}, None),
+])
+def test_compiled_programs_are_kept_beside_the_datasets_unless_told_otherwise(tmp_path, env, folder):
+    got = _in_fresh_process(
+        "import json, jax; from mnist_jax import platform; folder = platform.use_compilation_cache(); "
+        "print(json.dumps({'folder': folder and str(folder), 'on': jax.config.jax_enable_compilation_cache}))",
+        {"MNIST_JAX_CACHE_DIR": str(tmp_path / "cache"),
+         **{k: str(tmp_path / v) if k == "JAX_COMPILATION_CACHE_DIR" else v for k, v in env.items()}})
+    assert got == {"folder": folder and str(tmp_path / folder), "on": folder is not None}
+
+
+def test_an_accelerator_left_unused_is_said_in_one_line_and_recorded(monkeypatch, caplog):
+    """A GPU whose plugin failed to start (its plugin installed, its device present: JAX would
+    have picked it) while JAX runs on the CPU."""
+    import jax
+    from mnist_jax import platform, train
+    monkeypatch.setattr(platform, "expected_platform", lambda: "gpu")
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    with caplog.at_level(logging.WARNING):
+        platform.warn_on_fallback()
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    line = caplog.records[0].getMessage()
+    assert "\n" not in line and "a GPU and its JAX plugin are present but JAX runs on the CPU" in line
+    assert "JAX_PLATFORMS=cpu" in line
+    assert train._machine_record()["accelerator_fallback"] == "gpu"
+    # Where JAX runs on the accelerator, or the CPU was chosen (JAX_PLATFORMS=cpu): nothing.
+    for expected, backend in (("gpu", "gpu"), ("cpu", "cpu")):
+        monkeypatch.setattr(platform, "expected_platform", lambda: expected)
+        monkeypatch.setattr(jax, "default_backend", lambda: backend)
+        caplog.clear()
+        platform.warn_on_fallback()
+        assert not caplog.records and platform.accelerator_fallback() is None

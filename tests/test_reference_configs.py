@@ -35,7 +35,7 @@ def test_every_reference_config_trains_checkpoints_and_resumes(name, arg, mnist_
     if config.bagging:
         config.train_subset = int(config.batch_size * 8 / config.bagging) + 1
     for attempt in (1, 2):
-        monkeypatch.setattr(train, "_StopSignal", lambda: StopAfter(1))  # one step, then stop
+        monkeypatch.setattr(train, "_StopSignal", lambda: StopAfter(0))  # one step, then stop
         with pytest.raises(train.Interrupted, match=f"at step {attempt}"):
             train.train_and_evaluate(config, tmp_path)
         _, step = final_state(tmp_path, config)

@@ -1,8 +1,11 @@
-"""mnist_jax.runfolder: the metric writer's three outputs, the workdir lock, the formats it reads."""
+"""mnist_jax.runfolder: the metric writer's three outputs and its progress lines, the workdir
+(lock, no remote storage), the formats it reads."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import signal
 import struct
 import subprocess
@@ -68,6 +71,63 @@ def test_a_disabled_writer_touches_no_file(tmp_path):
     writer.write(record(1, loss=1.0))
     writer.close()
     assert list(tmp_path.iterdir()) == []
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_off_a_terminal_is_a_line_at_most_every_progress_seconds(tmp_path, monkeypatch, caplog):
+    """A log file gets a plain line at most every `progress_seconds` (a fake clock here), each
+    with the ETA of the epoch and of the run; an epoch's own line restarts the wait."""
+    clock = [1000.0]
+    monkeypatch.setattr(runfolder.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(runfolder.sys, "stderr", io.StringIO())
+    caplog.set_level(logging.INFO)
+    writer = runfolder.MetricWriter(tmp_path, num_epochs=3, resume_epoch=0, enabled=False,
+                                    progress_seconds=30)
+
+    def look(after_s: float, step: int, epoch: int = 1) -> None:
+        clock[0] += after_s
+        writer.progress(epoch, step, 100, 0.25, 0.9, 1234.4, eta_s=65, run_eta_s=3 * 3600 + 7 * 60)
+
+    look(10, 10)  # 10 s into the epoch
+    look(25, 35)  # 35 s: a line
+    look(20, 55)  # 20 s after it
+    look(15, 70)  # 35 s after it: a line
+    clock[0] += 40
+    writer.write(record(1, loss=1.0))  # the epoch's line
+    look(20, 20, epoch=2)  # 20 s after it
+    assert [r.getMessage() for r in caplog.records if "step" in r.getMessage()] == [
+        f"epoch 1/3  step {step}/100  loss 0.2500 acc 0.9000  1234 img/s  ETA epoch 1m05s, run 3h07m"
+        for step in (35, 70)]
+    assert runfolder.sys.stderr.getvalue() == ""
+
+
+def test_progress_on_a_terminal_is_the_bar_with_the_run_eta(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(runfolder.sys, "stderr", _Terminal())
+    caplog.set_level(logging.INFO)
+    writer = runfolder.MetricWriter(tmp_path, num_epochs=3, resume_epoch=0, enabled=False,
+                                    progress_seconds=0)
+    writer.progress(2, 50, 100, 0.25, 0.9, 1234.4, eta_s=45, run_eta_s=125)
+    assert runfolder.sys.stderr.getvalue() == (
+        "\repoch 2/3 [############------------] 50/100 loss 0.2500 acc 0.9000 1,234 img/s "
+        "ETA    45s run  2m05s ")
+    assert not caplog.records  # the bar, not the log
+
+
+@pytest.mark.parametrize("url", ["gs://bucket/run", "s3://bucket/run", "file:///tmp/run"])
+def test_a_workdir_on_remote_storage_is_refused_in_one_line(url, tmp_path, monkeypatch):
+    """No 'gs:' folder appears locally: multi-host training needs one shared (mounted) filesystem."""
+    from mnist_jax import analysis
+    monkeypatch.chdir(tmp_path)
+    for read in (runfolder.local_folder, analysis.load_run):
+        with pytest.raises(runfolder.RunFolderError, match="one shared POSIX filesystem") as refused:
+            read(url)
+        assert url in str(refused.value) and "\n" not in str(refused.value)
+    assert not any(tmp_path.iterdir())
+    assert runfolder.local_folder(tmp_path / "runs" / "quick") == tmp_path / "runs" / "quick"
 
 
 LOCK_HOLDER = """

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +66,23 @@ def test_waves_grow_the_ensemble_and_the_files_say_so(tta, mnist_dir, tmp_path):
     assert saved["conv_backend"] in ("onednn", "xla") and saved["machine"] and saved["date"]
     assert saved["malloc"] in ("kept", "default")
     assert (out / "time_to_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_the_curve_starts_from_a_cold_compilation_cache(mnist_dir, tmp_path):
+    """As the script is run, in its own process: a compilation cache in the environment (the
+    suite's own, or a user's) is left alone, so no wave loads what an earlier run compiled."""
+    config = tmp_path / "small_cpu_fast.py"
+    config.write_text(SMALL_CPU_FAST)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "time_to_accuracy.py"), "--config",
+                           str(config), "--max-waves", "1", "--out", str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "wave 0: 2 members" in proc.stdout and list(cache.iterdir()) == []
 
 
 def test_a_used_output_folder_is_refused(tta, tmp_path, capsys):

