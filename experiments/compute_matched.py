@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
@@ -144,10 +145,11 @@ def plot(curves: dict[str, list], title: str) -> bytes:
     fig = Figure(figsize=(11, 4.5))
     for ax, key, ylabel in zip(fig.subplots(1, 2), ("val_errors", "val_nll"),
                                ("validation errors (of 5,000)", "validation NLL")):
+        colours = iter(matplotlib.colormaps["tab20"].colors)  # one colour a curve (up to 20)
         for label, points in curves.items():
             style = "--" if label.endswith("TTA") else "-"
             ax.plot([p["member_epochs"] for p in points], [p[key] for p in points], style,
-                    marker=".", label=label)
+                    marker=".", label=label, color=next(colours))
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.set_xlabel("member-epochs of training")
