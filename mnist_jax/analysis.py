@@ -48,6 +48,9 @@ def restore(workdir: str | Path) -> tuple[run_lib.Setup, run_lib.State]:
         raise AnalysisError(f"{workdir} is a grouped run: restore one of its groups, "
                             f"{runfolder.group_dir(workdir, next(iter(config.groups)))} or another "
                             f"in {workdir / 'groups'}")
+    if (config.snapshot.cycles or config.swa.epochs) and runfolder.read_results(workdir) is None:
+        raise AnalysisError(f"{workdir} has not finished: a snapshot or SWA run's ensemble rows exist "
+                            f"only at its end; finish it with its training command first")
     setup = run_lib.setup(config, len(class_names), steps_per_epoch=1)
     state = run_lib.restore(setup, workdir)
     if state is None:

@@ -111,6 +111,8 @@ def test_a_resume_in_the_middle_of_a_cycle_is_bitwise(mnist_dir, tmp_path, monke
     monkeypatch.setattr(train, "_StopSignal", lambda: StopAfter(6))
     with pytest.raises(train.Interrupted, match="at step 19"):
         train.train_and_evaluate(config, tmp_path / "resumed")
+    with pytest.raises(analysis.AnalysisError, match="has not finished"):  # rows still missing
+        analysis.load_run(tmp_path / "resumed").evaluate(split="validation")
     monkeypatch.undo()
     resumed = train.train_and_evaluate(config, tmp_path / "resumed")
     a, _ = final_state(tmp_path / "straight", config)
