@@ -64,9 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
     # evaluated weights at the end of every cycle: each snapshot is one row of the ensemble.
     c.snapshot = ml_collections.ConfigDict(
         {"cycles": 0, "shape": "cosine", "warm_epochs": 0, "high": 1.0, "low": 0.0})
-    # Stochastic weight averaging (Izmailov et al. 2018): `epochs` > 0 averages each member's
-    # weights after every step of its last `epochs` epochs, then recomputes their BatchNorm
-    # statistics over `bn_batches` training batches (0: one epoch's); one more ensemble row.
+    # Stochastic weight averaging (Izmailov et al. 2018): `epochs` > 0 averages each member's raw
+    # weights (not its EMA) after every step of its last `epochs` epochs, then recomputes their
+    # BatchNorm statistics over `bn_batches` training batches (at most, and 0: one epoch's); one
+    # more ensemble row.
     c.swa = ml_collections.ConfigDict({"epochs": 0, "bn_batches": 0})
     c.member_strategy = "auto"  # vmap | unroll (members one after another) | auto (per backend).
     # on: each member's batch may be split over devices (a members x data mesh) where
