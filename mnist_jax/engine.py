@@ -320,6 +320,20 @@ def new_metrics(num_members: int) -> dict[str, jax.Array]:
     }
 
 
+def _training_batch(images: jax.Array, order: jax.Array, pos: jax.Array | int, key: jax.Array,
+                    hparams: dict[str, jax.Array], *, augment_fn: Callable | None, batch_size: int,
+                    mesh: Mesh) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A member's batch at `pos` of its epoch `order` as training sees it: gathered from the
+    on-device uint8 images, scaled to [0, 1], augmented with half of `key` (a sweep's values from
+    `hparams`). Returns the image indices, the images and the dropout key (the other half)."""
+    idx = _split_batch(jax.lax.dynamic_slice_in_dim(order, pos, batch_size), mesh)
+    x = _split_batch(images[idx].astype(jnp.float32) / 255.0, mesh)
+    k_aug, k_dropout = jax.random.split(key)
+    if augment_fn is not None:
+        x = augment_fn(k_aug, x, {k: hparams[k] for k in AUGMENT_HPARAMS if k in hparams})
+    return idx, x, k_dropout
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, mesh: Mesh,
                     augment_fn: Callable | None, steps_per_epoch: int, batch_size: int,
                     label_smoothing: float, l1: float, l1_params: str, ema_decay: float,
@@ -348,15 +362,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, mesh:
 
     def member_step(carry, step, images, labels):
         member, metrics, order = carry
-        pos = (step % steps_per_epoch) * batch_size
-        idx = _split_batch(jax.lax.dynamic_slice_in_dim(order, pos, batch_size), mesh)
-        x = _split_batch(images[idx].astype(jnp.float32) / 255.0, mesh)
-        y = _split_batch(labels[idx], mesh)
-        noise = jax.random.fold_in(jax.random.fold_in(member["key"], _NOISE), step)
-        k_aug, k_dropout = jax.random.split(noise)
         hparams = member.get("hparams", {})  # a sweep's values; which ones is fixed at trace time
-        if augment_fn is not None:
-            x = augment_fn(k_aug, x, {k: hparams[k] for k in AUGMENT_HPARAMS if k in hparams})
+        noise = jax.random.fold_in(jax.random.fold_in(member["key"], _NOISE), step)
+        idx, x, k_dropout = _training_batch(images, order, (step % steps_per_epoch) * batch_size,
+                                            noise, hparams, augment_fn=augment_fn,
+                                            batch_size=batch_size, mesh=mesh)
+        y = _split_batch(labels[idx], mesh)
         l1_mask = _l1_mask(member["params"], l1_params)
         (loss, (batch_stats, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             member["params"], member["batch_stats"], x, y, k_dropout, l1_mask,
@@ -415,7 +426,7 @@ def take_snapshot(members: State, index: int, *, use_ema: bool, mesh: Mesh) -> S
     return _take_snapshot(members, index, use_ema, member_sharding(mesh))
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3), donate_argnums=0)
+@functools.partial(jax.jit, static_argnums=(2, 3), donate_argnums=0)  # one program for every slot
 def _take_snapshot(members, index, use_ema, sharding):
     weights = evaluated_weights(members, use_ema=use_ema)
     snapshots = jax.tree.map(lambda slots, w: slots.at[:, index].set(w), members["snapshots"], weights)
@@ -435,11 +446,9 @@ def make_recompute_bn(model: nn.Module, *, mesh: Mesh, augment_fn: Callable | No
         key = jax.random.fold_in(member["key"], _SWA_BN)
 
         def batch_moments(i):
-            idx = _split_batch(jax.lax.dynamic_slice_in_dim(order, i * batch_size, batch_size), mesh)
-            x = _split_batch(images[idx].astype(jnp.float32) / 255.0, mesh)
-            k_aug, k_dropout = jax.random.split(jax.random.fold_in(key, i))
-            if augment_fn is not None:
-                x = augment_fn(k_aug, x, {k: hparams[k] for k in AUGMENT_HPARAMS if k in hparams})
+            _, x, k_dropout = _training_batch(images, order, i * batch_size, jax.random.fold_in(key, i),
+                                              hparams, augment_fn=augment_fn, batch_size=batch_size,
+                                              mesh=mesh)
             _, moments = model.apply({"params": member["swa"]["params"],
                                       "batch_stats": member["swa"]["batch_stats"]}, x, train=True,
                                      rngs={"dropout": k_dropout}, mutable=["batch_stats", BATCH_MOMENTS])
