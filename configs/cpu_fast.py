@@ -1,19 +1,16 @@
-"""cpu_fast: the most ensemble accuracy per CPU-minute we found; run by experiments/time_to_accuracy.py.
+"""cpu_fast: the most ensemble accuracy per CPU-minute we found; the repeating wave of
+experiments/time_to_accuracy.py (after configs/cpu_fast_first.py).
 
-Deotte's recipe (configs/deotte15.py: batch 64, Adam 1e-3, rotation 15°, zoom 0.15, shift 0.1,
-each member on its own random 90 %) cut from 30 epochs to 8 with the learning rate decayed
-faster (x 0.7 per epoch, not 0.95), 2 members per run (one per core), trained on all 60,000
-training images. time_to_accuracy.py adds runs (waves) of 2 new members while its budget lasts.
-
-8 epochs, not the 12 of the recipe before it, so that the first wave ends inside 15 minutes on the
-slowest CPU the budgets hold on (the 2-core Zen 3, where 12 epochs overran them): it takes at most
-8/12 of the 12-epoch wave's time, since a wave's fixed costs do not grow with its epochs. Every
-choice was made on the validation split (last 5,000 images, `--config.validation_size=5000`) and
-then the members were retrained with those images included. Compared there, 2 members of one recipe
-by ensemble errors and NLL: 8 epochs lost one validation image to 12; members made diverse by
-elastic distortion or by label smoothing (sweeps over the member axis) made every pair they joined
-worse, so the waves stay one recipe; batch 128, test-time augmentation and bfloat16 were no better.
-The dated numbers: experiments/results/config_selection.md.
+Two trajectories of Deotte's recipe (configs/deotte15.py: batch 64, Adam 1e-3, rotation 15°, zoom
+0.15, shift 0.1, each member on its own random 90 %) side by side, one per core, turned into fast
+geometric ensembles (Garipov et al. 2018): 8 warm epochs of the recipe's own schedule (1e-3 x 0.95
+per epoch), then 4 cycles of 2 epochs between 0.5 and 0.02 x 1e-3, each ending in a snapshot that
+is an ensemble row: 8 rows a run. Chosen on the 5,000 validation images from the compute-matched
+map (experiments/results/compute_matched.md): at 32 member-epochs these 8 rows matched the
+recipe's 15 members of 30 epochs (450 member-epochs), where 4 independent 8-epoch members (cpu_fast
+until 2026-12-07) or FGE on 8-epoch trajectories did worse; an SWA row added nothing and
+test-time augmentation made every plan worse, so neither is kept. Then trained on all 60,000
+training images.
 """
 
 from pathlib import Path
@@ -24,8 +21,12 @@ from mnist_jax import config as config_lib
 def get_config():
     c = config_lib.from_file(Path(__file__).with_name("deotte15.py"))
     c.num_members = 2
-    c.num_epochs = 8
-    c.optim.schedule.decay_rate = 0.7
+    c.num_epochs = 16
+    c.snapshot.cycles = 4
+    c.snapshot.shape = "fge"
+    c.snapshot.warm_epochs = 8
+    c.snapshot.high = 0.5
+    c.snapshot.low = 0.02
     c.validation_size = 0  # chosen on validation; the final members train on all 60,000 images
     c.log_every_steps = 100
     return c

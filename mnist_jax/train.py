@@ -35,7 +35,7 @@ class Interrupted(RuntimeError):
 
 
 class _StopSignal:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between compiled calls (`loop_check`)."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks between compiled calls (`dispatch_look`)."""
 
     def __init__(self):
         self.received: int | None = None
@@ -52,24 +52,36 @@ class _StopSignal:
             signal.signal(s, handler)
 
 
-def loop_check(stop: _StopSignal, epoch_metrics: dict[str, jax.Array], mesh: jax.sharding.Mesh
-               ) -> tuple[int | None, dict[str, np.ndarray]]:
-    """What the loop reads every `log_every_steps`, once the calls before it have run: the signal
-    that stops every process (this process's, or multi-host any process's) and the epoch's
-    per-member sums, on the host.
+def dispatch_look(stop: _StopSignal, epoch_metrics: dict[str, jax.Array], mesh: jax.sharding.Mesh
+                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """What the loop reads every `log_every_steps`, dispatched without waiting (`read_look`
+    reads it): the stop signal as it stands (this process's, or multi-host any process's) and a
+    copy of the epoch's per-member sums (the next chunk donates their buffers).
 
-    Multi-host, both come from one collective that every process calls at the same steps, so
-    all processes stop at one step and save one checkpoint together (a TPU preemption signals
-    one host), and a look costs one gather, not one per value."""
-    jax.block_until_ready(epoch_metrics)  # a signal that came while they ran counts now
+    The loop reads a look only after dispatching the next chunk of steps, so the devices never
+    wait on the host. Multi-host, signal and sums come from one compiled gather that every
+    process calls at the same steps, so all read the same signal, stop at one step and save one
+    checkpoint together (a TPU preemption signals one host). In one process the copy stays
+    where the sums are: no collective, which on the CPU, queued behind the chunk, can starve the
+    devices' shared thread pool."""
     received = stop.received
     if jax.process_count() == 1:
-        return received, jax.tree.map(np.asarray, epoch_metrics)
+        return np.int32(received or 0), _copy_sums(epoch_metrics)
     per_device = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
     signals = jax.make_array_from_callback((mesh.devices.size,), per_device,
                                            lambda index: np.array([received or 0], np.int32))
-    signal_max, sums = _gather_check(mesh)(signals, epoch_metrics)
+    return _gather_check(mesh)(signals, epoch_metrics)
+
+
+def read_look(look: tuple[jax.Array, dict[str, jax.Array]]) -> tuple[int | None, dict[str, np.ndarray]]:
+    """The signal (None: none) and the sums of a look, on the host, once its chunk has run."""
+    signal_max, sums = look
     return int(signal_max) or None, jax.tree.map(np.asarray, sums)
+
+
+@jax.jit
+def _copy_sums(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return jax.tree.map(jnp.copy, sums)
 
 
 @functools.cache
@@ -249,7 +261,7 @@ def _train(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdi
             return
         run_lib.save(setup, mngr, run_lib.State(members, epoch_metrics, step, wall_time))
 
-    signum = None  # the stop agreed at the last look, acted on before the next call
+    signum = None  # the stop agreed at the last look read, acted on before the next call
     with _StopSignal() as stop, contextlib.closing(mngr):  # closing waits for the last save
         while step < total_steps:
             epoch = step // steps_per_epoch
@@ -258,20 +270,12 @@ def _train(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdi
                 engine.epoch_order(keys, bags, epoch, steps_per_epoch, config.batch_size),
                 engine.member_sharding(mesh))
             start, start_step = time.perf_counter(), step
-            while step < (epoch + 1) * steps_per_epoch:
-                if signum is not None:
-                    wall_time += time.perf_counter() - start
-                    save()
-                    raise Interrupted(f"stopped by signal {signum} at step {step}; "
-                                      f"the state is saved: run the same command to resume")
-                n = min(config.log_every_steps, (epoch + 1) * steps_per_epoch - step)
-                step_on_device = jnp.int32(step)  # then counted on the device, call to call
-                while n:  # dispatched asynchronously; the read below waits for them
-                    k = steps_per_call if n >= steps_per_call else 1
-                    members, epoch_metrics, step_on_device = programs[clean, k](
-                        members, epoch_metrics, step_on_device, images, labels, order)
-                    step, n = step + k, n - k
-                signum, sums = loop_check(stop, epoch_metrics, mesh)  # one small read
+            epoch_end = (epoch + 1) * steps_per_epoch
+
+            def read(look, look_step: int) -> dict[str, np.ndarray]:
+                """Acts on a look: the stop it carries, a diverged member, a progress line."""
+                nonlocal signum
+                signum, sums = read_look(look)
                 bad = np.flatnonzero(sums["first_bad_step"] >= 0)
                 if bad.size:
                     raise TrainingDiverged(
@@ -280,12 +284,34 @@ def _train(setup: run_lib.Setup, state: run_lib.State, predict: Callable, workdi
                         f"is kept in {mngr.directory} (lower the learning rate or add grad_clip)")
                 elapsed = time.perf_counter() - start
                 count = sums["count"].clip(1).sum()
-                writer.progress(epoch + 1, step - epoch * steps_per_epoch, steps_per_epoch,
+                done = look_step - start_step
+                writer.progress(epoch + 1, look_step - epoch * steps_per_epoch, steps_per_epoch,
                                 float(sums["loss_sum"].sum() / count * config.batch_size),
                                 float(sums["correct"].sum() / count),
-                                (step - start_step) * config.batch_size * num_members / max(elapsed, 1e-9),
-                                ((epoch + 1) * steps_per_epoch - step) * elapsed / (step - start_step),
-                                (total_steps - step) * elapsed / (step - start_step))
+                                done * config.batch_size * num_members / max(elapsed, 1e-9),
+                                (epoch_end - look_step) * elapsed / done,
+                                (total_steps - look_step) * elapsed / done)
+                return sums
+
+            pending = None  # the last look dispatched, read once the next chunk is dispatched
+            while step < epoch_end:
+                if signum is not None:
+                    wall_time += time.perf_counter() - start
+                    save()
+                    raise Interrupted(f"stopped by signal {signum} at step {step}; "
+                                      f"the state is saved: run the same command to resume")
+                n = min(config.log_every_steps, epoch_end - step)
+                step_on_device = jnp.int32(step)  # then counted on the device, call to call
+                while n:  # dispatched asynchronously; reading a look waits for its chunk
+                    k = steps_per_call if n >= steps_per_call else 1
+                    members, epoch_metrics, step_on_device = programs[clean, k](
+                        members, epoch_metrics, step_on_device, images, labels, order)
+                    step, n = step + k, n - k
+                look = dispatch_look(stop, epoch_metrics, mesh), step
+                if pending is not None:
+                    read(*pending)
+                pending = look
+            sums = read(*pending)  # the epoch's last look, read at once: its sums are the epoch's
             epoch_time = time.perf_counter() - start
             wall_time += epoch_time
             record = {

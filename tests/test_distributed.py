@@ -207,7 +207,8 @@ def test_a_loop_check_reads_the_signal_and_the_sums_in_one_gather(monkeypatch):
     monkeypatch.setattr(multihost_utils, "process_allgather", lambda *a, **k: pytest.fail("a gather per value"))
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     for received in (None, 15):
-        signum, got = train.loop_check(types.SimpleNamespace(received=received), on_devices, mesh)
+        look = train.dispatch_look(types.SimpleNamespace(received=received), on_devices, mesh)
+        signum, got = train.read_look(look)
         assert signum == received
         assert {k: v.tolist() for k, v in got.items()} == {k: np.asarray(v).tolist() for k, v in sums.items()}
     assert calls == [mesh, mesh]

@@ -35,8 +35,9 @@ def test_every_reference_config_trains_checkpoints_and_resumes(name, arg, mnist_
     if config.bagging:
         config.train_subset = int(config.batch_size * 8 / config.bagging) + 1
     for attempt in (1, 2):
-        monkeypatch.setattr(train, "_StopSignal", lambda: StopAfter(0))  # one step, then stop
-        with pytest.raises(train.Interrupted, match=f"at step {attempt}"):
+        # The first look stops the run; it is read after the next step is dispatched: two steps.
+        monkeypatch.setattr(train, "_StopSignal", lambda: StopAfter(0))
+        with pytest.raises(train.Interrupted, match=f"at step {2 * attempt}"):
             train.train_and_evaluate(config, tmp_path)
         _, step = final_state(tmp_path, config)
-        assert step == attempt  # the second run resumed from the first one's step
+        assert step == 2 * attempt  # the second run resumed from the first one's step

@@ -100,16 +100,17 @@ def test_a_snapshot_run_makes_a_row_per_snapshot_that_everything_downstream_read
 @pytest.mark.slow
 @pytest.mark.cpu_only
 def test_a_resume_in_the_middle_of_a_cycle_is_bitwise(mnist_dir, tmp_path, monkeypatch):
-    """Cycles of 2 epochs over 4 with SWA over the last 2: stopped at step 19 (epoch 3, the
+    """Cycles of 2 epochs over 4 with SWA over the last 2: stopped at step 22 (epoch 3, the
     second cycle, after the first snapshot and inside the SWA window), resumed, it ends with the
     uninterrupted run's state, snapshots and SWA average included."""
     config = small(load_config("quick"), num_members=2, num_epochs=4)
     config.snapshot.cycles = 2
     config.swa.epochs = 2
     straight = train.train_and_evaluate(config, tmp_path / "straight")
-    # The loop looks after steps 3, 6, 8, 11, 14, 16, 19: the 7th look stops it.
+    # The loop looks after steps 3, 6, 8, 11, 14, 16, 19, reading each after the next chunk is
+    # dispatched: the 7th look stops it after the chunk to step 22.
     monkeypatch.setattr(train, "_StopSignal", lambda: StopAfter(6))
-    with pytest.raises(train.Interrupted, match="at step 19"):
+    with pytest.raises(train.Interrupted, match="at step 22"):
         train.train_and_evaluate(config, tmp_path / "resumed")
     with pytest.raises(analysis.AnalysisError, match="has not finished"):  # rows still missing
         analysis.load_run(tmp_path / "resumed").evaluate(split="validation")

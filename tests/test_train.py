@@ -19,12 +19,13 @@ def test_kill_and_resume_equals_uninterrupted(mnist_dir, tmp_path, monkeypatch):
     config = small(load_config("quick"), num_members=2)
     straight = train.train_and_evaluate(config, tmp_path / "straight")
 
-    # Chunks of 3 steps, 8 steps an epoch: the loop looks after steps 3, 6, 8, 11: stop at 11.
+    # Chunks of 3 steps, 8 steps an epoch: the loop looks after steps 3, 6, 8 and 11, and reads
+    # each once the next chunk is dispatched (the epoch's last at once): the 4th look stops at 14.
     monkeypatch.setattr(train, "_StopSignal", lambda: StopAfter(3))
     with pytest.raises(train.Interrupted, match="run the same command to resume"):
         train.train_and_evaluate(config, tmp_path / "resumed")
     _, step = final_state(tmp_path / "resumed", config)
-    assert step == 11  # mid-way through epoch 2
+    assert step == 14  # mid-way through epoch 2
     monkeypatch.undo()
     resumed = train.train_and_evaluate(config, tmp_path / "resumed")
 
@@ -56,7 +57,7 @@ def test_several_steps_per_call_train_the_same_run_and_resume_exactly(mnist_dir,
     """8 steps an epoch, a look every 3 steps, 2 steps a call: calls of 2, 1, 2, 1, 2 steps. The
     run trains as with one step a call (AdamW turns float rounding into visible differences, so
     the accuracies are compared; test_engine compares the states under SGD), and a resume from
-    step 11 is bitwise."""
+    step 14 is bitwise."""
     single = small(load_config("quick"), num_members=2)
     looped = small(load_config("quick"), num_members=2, steps_per_call=2)
     single_results = train.train_and_evaluate(single, tmp_path / "single")
@@ -64,7 +65,7 @@ def test_several_steps_per_call_train_the_same_run_and_resume_exactly(mnist_dir,
     for m, n in zip(single_results["members"], looped_results["members"]):
         assert abs(m["val_accuracy"] - n["val_accuracy"]) <= 0.01
     monkeypatch.setattr(train, "_StopSignal", lambda: StopAfter(3))
-    with pytest.raises(train.Interrupted, match="at step 11"):
+    with pytest.raises(train.Interrupted, match="at step 14"):
         train.train_and_evaluate(looped, tmp_path / "resumed")
     monkeypatch.undo()
     train.train_and_evaluate(looped, tmp_path / "resumed")
