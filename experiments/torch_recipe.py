@@ -50,7 +50,7 @@ SCHEDULES = ("constant", "exponential")
 UNSUPPORTED = {"label_smoothing": 0.0, "l1": 0.0, "ema_decay": 0.0, "tta_samples": 0,
                "clean_final_epochs": 0, "compute_dtype": "float32",
                "augment.elastic_alpha": 0.0, "augment.crop": 0, "optim.weight_decay": 0.0,
-               "optim.grad_clip": 0.0}
+               "optim.grad_clip": 0.0, "snapshot.cycles": 0, "swa.epochs": 0}
 
 
 class RecipeError(ValueError):

@@ -10,7 +10,8 @@ from mnist_jax import run as run_lib, train
 from train_helpers import StopAfter, final_state, load_config
 
 
-@pytest.mark.parametrize("name,arg", [("quick", None), ("cpu_fast", None), ("tiny20k", None), ("senet_ensemble", None),
+@pytest.mark.parametrize("name,arg", [("quick", None), ("cpu_fast", None), ("cpu_fast_first", None), ("tiny20k", None),
+                                      ("senet_ensemble", None),
                                       ("deotte15", None), ("resnet_committee", None),
                                       ("baseline", None), ("simple", "m3"), ("simple", "m5"),
                                       ("simple", "m7")])

@@ -39,6 +39,12 @@ def test_a_recipe_it_does_not_mirror_is_refused_in_one_line(recipe, capsys) -> N
     assert "schedule 'one_cycle' is not mirrored" in message and "\n" not in message
 
 
+def test_snapshot_members_are_refused_not_ignored(recipe) -> None:
+    config = config_lib.from_file(recipe.REPO / "configs" / "cpu_fast.py")  # FGE snapshots
+    with pytest.raises(recipe.RecipeError, match=r"snapshot.cycles=4 is not mirrored \(only 0\)"):
+        recipe.check_supported(config)
+
+
 def test_a_sweep_is_refused_not_ignored(recipe) -> None:
     config = config_lib.from_file(recipe.REPO / "configs" / "deotte15.py")
     config.num_members = 2
