@@ -10,7 +10,10 @@ share weights and differ only in how they predict:
   MC dropout           member 0 with dropout left on, the mean of `--passes` passes (Gal &
                        Ghahramani 2016; BatchNorm keeps its running statistics);
   ensemble of k        members 0 .. k-1, k = 2, 4, 8, the mean of their softmaxes;
-  ensemble + TS        the 8-member ensemble with one temperature fitted on validation.
+  ensemble + TS        the 8-member ensemble with one temperature fitted on validation;
+  FGE snapshots        the 6 snapshots of a second run (`fge_config`: 2 trajectories of 12
+                       epochs, fast geometric ensembling), which costs what the 8 members do;
+  SWA                  that run's 2 SWA rows (each trajectory's weights averaged over its cycles).
 Each is scored on the test split rotated (0-180 degrees) and translated (0-14 pixels) with
 `mnist_jax.shift` (seed 0: the same images for every method), and on Fashion-MNIST and uniform
 noise as out-of-distribution sets against the clean test split (`metrics.ood_summary`). Writes
@@ -45,12 +48,23 @@ RESULTS = REPO / "experiments" / "results" / "uncertainty.json"
 SIZES = (2, 4, 8)
 OOD_SETS = ("fashion_mnist", "noise")
 METHODS = ("one member", "temperature scaling", "MC dropout", *(f"ensemble of {k}" for k in SIZES),
-           "ensemble + TS")
+           "ensemble + TS", "FGE snapshots", "SWA")
 
 
 def config(members: int) -> ml_collections.ConfigDict:
     c = config_lib.from_file(REPO / "configs" / "quick.py")
     c.num_members = members
+    return c
+
+
+def fge_config() -> ml_collections.ConfigDict:
+    """compute_matched's tiny20k FGE plan: 2 trajectories of 12 epochs (6 warm epochs of the
+    quick recipe, then 3 FGE cycles of 2, SWA over them), 24 member-epochs like the 8 members of 3
+    epochs; seeded after those 8 members, so no trajectory shares a member's initialisation."""
+    c = config(2)
+    c.seed, c.num_epochs = 8, 12
+    c.snapshot.update(cycles=3, shape="fge", warm_epochs=6, high=0.5, low=0.02)
+    c.swa.epochs = 6
     return c
 
 
@@ -90,20 +104,23 @@ def mc_dropout(workdir: Path, passes: int) -> Callable[[np.ndarray], np.ndarray]
     return logits
 
 
-def method_logits(view: analysis.RunView, dropout: Callable, images: np.ndarray,
-                  temperature: dict[str, float]) -> dict[str, np.ndarray]:
+def method_logits(view: analysis.RunView, fge: analysis.RunView, dropout: Callable,
+                  images: np.ndarray, temperature: dict[str, float]) -> dict[str, np.ndarray]:
     """Each method's logits [k, N, C] on uint8 images (members' log-probabilities: softmax of
     them is the member's prediction, and a temperature divides them as it would the logits)."""
     members = metrics.probs_as_logits(view.predict(images))
-    return {"one member": members[:1],
+    rows = metrics.probs_as_logits(fge.predict(images))
+    kinds = np.array([m["kind"] for m in fge.results["members"]])
+    return {"FGE snapshots": rows[kinds == "snapshot"], "SWA": rows[kinds == "swa"],
+            "one member": members[:1],
             "temperature scaling": members[:1] / temperature["one member"],
             "MC dropout": dropout(images),
             **{f"ensemble of {k}": members[:k] for k in SIZES},
             "ensemble + TS": members / temperature["ensemble"]}
 
 
-def measure(workdir: Path, passes: int) -> dict:
-    view = analysis.load_run(workdir)
+def measure(workdir: Path, fge_workdir: Path, passes: int) -> dict:
+    view, fge = analysis.load_run(workdir), analysis.load_run(fge_workdir)
     if view.config.num_members < SIZES[-1]:
         raise SystemExit(f"{workdir} has {view.config.num_members} members; the protocol needs {SIZES[-1]}")
     validation = run_lib.load_split(view.config, "validation")
@@ -112,14 +129,14 @@ def measure(workdir: Path, passes: int) -> dict:
                    "ensemble": float(metrics.fit_temperature(members, validation.labels))}
     test = run_lib.load_split(view.config, "test")
     dropout = mc_dropout(workdir, passes)
-    clean = method_logits(view, dropout, test.images, temperature)
+    clean = method_logits(view, fge, dropout, test.images, temperature)
     result = {"temperature": temperature, "passes": passes, "shift": {}, "ood": {},
               "units": {kind: shift.KINDS[kind].unit for kind in ("rotate", "translate")}}
     for kind in ("rotate", "translate"):
         rows = {method: [] for method in METHODS}
         for level in shift.KINDS[kind].levels:
             logits = (clean if level == 0 else  # level 0 is the clean split itself
-                      method_logits(view, dropout, shift.apply(test.images, kind, level), temperature))
+                      method_logits(view, fge, dropout, shift.apply(test.images, kind, level), temperature))
             for method in METHODS:
                 summary = metrics.uncertainty_summary(logits[method], test.labels)["ensemble"]
                 rows[method].append({"level": level, **summary})
@@ -127,7 +144,7 @@ def measure(workdir: Path, passes: int) -> dict:
     ood_images = {"fashion_mnist": data.load("fashion_mnist", "test").images,
                   "noise": shift.synthetic("noise", test.images)}
     for name in OOD_SETS:
-        out = method_logits(view, dropout, ood_images[name], temperature)
+        out = method_logits(view, fge, dropout, ood_images[name], temperature)
         result["ood"][name] = {method: metrics.ood_summary(clean[method], out[method])
                                for method in METHODS}
     return result
@@ -139,7 +156,8 @@ def figures(result: dict, folder: Path) -> list[Path]:
     shift_path, ood_path = folder / "uncertainty_shift.png", folder / "uncertainty_ood.png"
     styles = {"one member": ("C0", "-"), "temperature scaling": ("C0", "--"),
               "MC dropout": ("C2", "-"), "ensemble of 2": ("C1", ":"), "ensemble of 4": ("C1", "-."),
-              "ensemble of 8": ("C3", "-"), "ensemble + TS": ("C3", "--")}
+              "ensemble of 8": ("C3", "-"), "ensemble + TS": ("C3", "--"),
+              "FGE snapshots": ("C4", "-"), "SWA": ("C5", "-")}
     fig = Figure(figsize=(12, 6.6))
     axes = fig.subplots(2, 3)
     for row, kind in zip(axes, ("rotate", "translate")):
@@ -205,6 +223,8 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default="runs/uncertainty_m8")
+    parser.add_argument("--fge-workdir", default="runs/uncertainty_fge",
+                        help="the FGE/SWA run (`fge_config`), trained first if needed")
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--passes", type=int, default=8, help="MC dropout passes")
     parser.add_argument("--table", action="store_true",
@@ -216,20 +236,23 @@ def main(argv: list[str] | None = None) -> int:
         print(table(result))
         return 0
     configure_cpu()
-    workdir = Path(args.workdir)
     started = time.time()
-    if not (workdir / "results.json").exists():
-        train.train_and_evaluate(config(args.members), workdir)
+    workdir, fge_workdir = Path(args.workdir), Path(args.fge_workdir)
+    for folder, make in ((workdir, lambda: config(args.members)), (fge_workdir, fge_config)):
+        if not (folder / "results.json").exists():
+            train.train_and_evaluate(make(), folder)
     trained = time.time()
-    result = measure(workdir, args.passes)
+    result = measure(workdir, fge_workdir, args.passes)
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model_name = next((line.split(":", 1)[1].strip() for line in cpu.splitlines()
                        if line.startswith("Model name")), host_platform.processor())
     result["meta"] = {"command": " ".join(["python", "experiments/uncertainty.py", *sys.argv[1:]]),
-                      "workdir": str(workdir), "members": args.members, "cpu": model_name,
+                      "workdir": str(workdir), "fge_workdir": str(fge_workdir),
+                      "members": args.members, "cpu": model_name,
                       "date": datetime.date.today().isoformat(),
                       "train_s": round(trained - started), "measure_s": round(time.time() - trained),
-                      "test_accuracy": json.loads((workdir / "results.json").read_text())["ensemble"]["test_accuracy"]}
+                      "test_accuracy": json.loads((workdir / "results.json").read_text())["ensemble"]["test_accuracy"],
+                      "fge_test_accuracy": json.loads((fge_workdir / "results.json").read_text())["ensemble"]["test_accuracy"]}
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
     for path in figures(result, RESULTS.parent):
         print(f"wrote {path}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 
 import numpy as np
 import pytest
@@ -58,3 +59,19 @@ def test_results_table_is_the_one_made_from_the_json(uncertainty):
     table = uncertainty.table(json.loads(uncertainty.RESULTS.read_text()))
     assert table.strip() in (uncertainty.RESULTS.parent / "uncertainty.md").read_text(), (
         "experiments/results/uncertainty.md's tables are stale: paste `python experiments/uncertainty.py --table`")
+
+
+def test_fge_and_swa_methods_take_their_rows_of_the_second_run(uncertainty):
+    """Rows are member-major (snapshots, then SWA, per trajectory): each method takes its kind."""
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(10), size=(8, 5)).astype(np.float32)
+    members = types.SimpleNamespace(predict=lambda images: probs)
+    kinds = ["snapshot"] * 3 + ["swa"] + ["snapshot"] * 3 + ["swa"]
+    fge_probs = rng.dirichlet(np.ones(10), size=(8, 5)).astype(np.float32)
+    fge = types.SimpleNamespace(predict=lambda images: fge_probs,
+                                results={"members": [{"kind": k} for k in kinds]})
+    logits = uncertainty.method_logits(members, fge, lambda images: probs[:2], np.zeros((5, 28, 28, 1)),
+                                       {"one member": 1.0, "ensemble": 1.0})
+    assert set(logits) == set(uncertainty.METHODS)
+    np.testing.assert_allclose(metrics.member_probs(logits["FGE snapshots"]), fge_probs[[0, 1, 2, 4, 5, 6]], atol=1e-6)
+    np.testing.assert_allclose(metrics.member_probs(logits["SWA"]), fge_probs[[3, 7]], atol=1e-6)
