@@ -14,8 +14,9 @@ time since this script started: data loading, compilation, per-epoch validation,
 each wave's test evaluation and pictures all count. Compilation starts from a cold cache: a new
 one in OUT/jax_cache (never a user's or an earlier run's), which later waves load wave 0's
 programs from, as a user's repeated runs do. A new wave starts only while the elapsed time plus
-its expected duration (the last wave's, scaled by their member-epochs) fits in the budget. Nothing is chosen from test numbers: the plan is fixed before the run, each
-wave's test predictions are computed once when that wave ends, and the curve only reports them.
+its expected duration (the last wave's, scaled by their member-epochs) fits in the budget.
+Nothing is chosen from test numbers: the plan is fixed before the run, each wave's test
+predictions are computed once when that wave ends, and the curve only reports them.
 Peak memory is this process's maximum resident set size (`getrusage`).
 
 Writes OUT/time_to_accuracy.json (every point; the accuracy at 15, 30 and 60 minutes, i.e. of the
