@@ -6,11 +6,10 @@ Two trajectories of Deotte's recipe (configs/deotte15.py: batch 64, Adam 1e-3, r
 geometric ensembles (Garipov et al. 2018): 8 warm epochs of the recipe's own schedule (1e-3 x 0.95
 per epoch), then 4 cycles of 2 epochs between 0.5 and 0.02 x 1e-3, each ending in a snapshot that
 is an ensemble row: 8 rows a run. Chosen on the 5,000 validation images from the compute-matched
-map (experiments/results/compute_matched.md): at 32 member-epochs these 8 rows matched the
-recipe's 15 members of 30 epochs (450 member-epochs), where 4 independent 8-epoch members (cpu_fast
-until 2026-12-07) or FGE on 8-epoch trajectories did worse; an SWA row added nothing and
-test-time augmentation made every plan worse, so neither is kept. Then trained on all 60,000
-training images.
+map (experiments/results/compute_matched.md): at 32 member-epochs these 8 rows made 3 validation
+errors fewer than 4 independent 8-epoch members (cpu_fast until 2026-12-07) from each of two seeds,
+and fewer than FGE on 8-epoch trajectories; an SWA row added nothing and test-time augmentation
+made every plan worse, so neither is kept. Then trained on all 60,000 training images.
 """
 
 from pathlib import Path
