@@ -119,8 +119,18 @@ def method_logits(view: analysis.RunView, fge: analysis.RunView, dropout: Callab
             "ensemble + TS": members / temperature["ensemble"]}
 
 
+def check_fge_run(fge: analysis.RunView) -> None:
+    """Refuses, in one line, a second run without the snapshot and SWA rows its methods take."""
+    kinds = {m.get("kind") for m in (fge.results or {}).get("members", ())}
+    if not {"snapshot", "swa"} <= kinds:
+        raise SystemExit(f"{fge.workdir} is not a finished FGE run with snapshot and SWA rows (it has "
+                         f"{sorted(k for k in kinds if k) or 'no rows'}); pass a new --fge-workdir "
+                         "and this script trains `fge_config()` there")
+
+
 def measure(workdir: Path, fge_workdir: Path, passes: int) -> dict:
     view, fge = analysis.load_run(workdir), analysis.load_run(fge_workdir)
+    check_fge_run(fge)
     if view.config.num_members < SIZES[-1]:
         raise SystemExit(f"{workdir} has {view.config.num_members} members; the protocol needs {SIZES[-1]}")
     validation = run_lib.load_split(view.config, "validation")

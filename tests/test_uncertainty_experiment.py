@@ -75,3 +75,12 @@ def test_fge_and_swa_methods_take_their_rows_of_the_second_run(uncertainty):
     assert set(logits) == set(uncertainty.METHODS)
     np.testing.assert_allclose(metrics.member_probs(logits["FGE snapshots"]), fge_probs[[0, 1, 2, 4, 5, 6]], atol=1e-6)
     np.testing.assert_allclose(metrics.member_probs(logits["SWA"]), fge_probs[[3, 7]], atol=1e-6)
+
+
+@pytest.mark.parametrize("results", [None, {"members": [{"kind": "final"}, {"kind": "final"}]}])
+def test_a_second_run_without_snapshot_and_swa_rows_is_refused_in_one_line(uncertainty, results):
+    fge = types.SimpleNamespace(workdir="runs/plain", results=results)
+    with pytest.raises(SystemExit, match=r"^runs/plain is not a finished FGE run .*pass a new --fge-workdir"):
+        uncertainty.check_fge_run(fge)
+    uncertainty.check_fge_run(types.SimpleNamespace(
+        workdir="runs/fge", results={"members": [{"kind": "snapshot"}, {"kind": "swa"}]}))
