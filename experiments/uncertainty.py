@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 from mnist_jax import analysis, config as config_lib, data, metrics, run as run_lib, shift, train  # noqa: E402
 from mnist_jax.atomic import write_bytes  # noqa: E402
 from mnist_jax.platform import configure_cpu  # noqa: E402
+import compute_matched  # noqa: E402  (next to this script: the FGE plan's one owner)
 
 RESULTS = REPO / "experiments" / "results" / "uncertainty.json"
 SIZES = (2, 4, 8)
@@ -58,13 +59,13 @@ def config(members: int) -> ml_collections.ConfigDict:
 
 
 def fge_config() -> ml_collections.ConfigDict:
-    """compute_matched's tiny20k FGE plan: 2 trajectories of 12 epochs (6 warm epochs of the
-    quick recipe, then 3 FGE cycles of 2, SWA over them), 24 member-epochs like the 8 members of 3
-    epochs; seeded after those 8 members, so no trajectory shares a member's initialisation."""
-    c = config(2)
-    c.seed, c.num_epochs = 8, 12
-    c.snapshot.update(cycles=3, shape="fge", warm_epochs=6, high=0.5, low=0.02)
-    c.swa.epochs = 6
+    """compute_matched's tiny20k FGE plan `fge_swa_12`: 2 trajectories of 12 epochs (6 warm epochs
+    of the quick recipe, then 3 FGE cycles of 2, SWA over them), 24 member-epochs like the 8
+    members of 3 epochs; seeded after those 8 members, so no trajectory shares a member's
+    initialisation."""
+    path, overrides = compute_matched.PLANS["tiny20k"]["fge_swa_12"]
+    c = config_lib.from_file(REPO / "configs" / path)
+    c.update_from_flattened_dict({**overrides, "seed": 8})
     return c
 
 
